@@ -1,0 +1,20 @@
+"""Masked-LM pretraining of the embedded char BERT: `python scripts/pretrain.py [overrides]`."""
+import os
+from pathlib import Path
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from zh_policy_ner.pretrain import pretrain
+
+    result = pretrain(cfg.pretrain)
+    print(f"pretrained model written to {result.export_dir}")
+
+
+if __name__ == "__main__":
+    main()

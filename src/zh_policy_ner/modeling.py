@@ -1,0 +1,67 @@
+"""Loading models and tokenizers by local folder or hub name, failing fast and clearly offline."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Where the embedded default model lives, relative to the repository root.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "zh-policy-char-bert"
+
+
+class ModelNotAvailable(RuntimeError):
+    """A model name that is neither a local folder nor reachable (offline hub)."""
+
+
+def _in_hf_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:
+        return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or ""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> str:
+    """Return what ``from_pretrained`` should get: a local folder, a cached or reachable hub name.
+
+    Raises :class:`ModelNotAvailable` at once (no long download retries) when the name is not a
+    folder and the hub cannot be reached, with the override that selects the embedded model.
+    """
+    name = str(name_or_path)
+    if Path(name).expanduser().is_dir():
+        if not (Path(name).expanduser() / "config.json").exists():
+            raise ModelNotAvailable(f"model folder {name} has no config.json: not a transformers model folder")
+        return str(Path(name).expanduser())
+    if _in_hf_cache(name) or _hub_reachable():
+        return name
+    raise ModelNotAvailable(
+        f"model {name!r} is not a local folder and the model hub cannot be reached (offline). "
+        f"Use the embedded model: `model=embedded` (folder {DEFAULT_MODEL_DIR}), or point "
+        f"`model.name_or_path=/path/to/local/folder` at a downloaded copy."
+    )
+
+
+def load_tokenizer(name_or_path: str | os.PathLike):
+    """A fast tokenizer (character offsets are required) for a model folder or hub name."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name_or_path))
+    if not tokenizer.is_fast:
+        raise ModelNotAvailable(f"{name_or_path}: a fast tokenizer is required (character offsets); got {type(tokenizer).__name__}")
+    return tokenizer

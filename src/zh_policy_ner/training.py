@@ -1,0 +1,169 @@
+"""Fine-tuning the token classifier (the main job) with HF Trainer.
+
+Writes a self-contained folder: model + tokenizer (``pipeline("token-classification")`` works on it),
+``label_map.json``, ``resolved_config.yaml`` and ``metrics.json``. Checkpoints and resume come from
+Trainer; early stopping when a dev split is configured; torchrun/accelerate for several GPUs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .dataset import PreparedData, PreparedDoc, load_prepared
+from .metrics import entity_scores
+
+log = logging.getLogger(__name__)
+
+
+def use_bf16(setting: Any = "auto") -> bool:
+    """bf16 autocast: on GPUs that support it, and on CPUs with AMX/AVX512-BF16 when ``auto``."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported() and setting is not False
+    if setting == "auto":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except Exception:
+            return False
+    return bool(setting)
+
+
+def build_model(name_or_path: str, label_names: list[str]):
+    """A token-classification head on any encoder folder or hub name (head freshly initialised)."""
+    from transformers import AutoModelForTokenClassification
+
+    from .modeling import resolve_model_path
+
+    return AutoModelForTokenClassification.from_pretrained(
+        resolve_model_path(name_or_path),
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={n: i for i, n in enumerate(label_names)},
+        ignore_mismatched_sizes=True,
+    )
+
+
+def fit(model, tokenizer, train_ds, tcfg: Any, output_dir: Path, dev_ds=None):
+    """Train with HF Trainer; returns the trainer (best model loaded when a dev set is given)."""
+    from transformers import DataCollatorForTokenClassification, EarlyStoppingCallback, Trainer, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
+    keep = ["input_ids", "attention_mask", "labels"]
+    train_ds = train_ds.remove_columns([c for c in train_ds.column_names if c not in keep])
+    if dev_ds is not None:
+        dev_ds = dev_ds.remove_columns([c for c in dev_ds.column_names if c not in keep])
+    has_dev = dev_ds is not None and len(dev_ds) > 0
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=tcfg.epochs,
+        max_steps=tcfg.max_steps,
+        per_device_train_batch_size=tcfg.batch_size,
+        per_device_eval_batch_size=tcfg.batch_size,
+        learning_rate=tcfg.lr,
+        weight_decay=tcfg.weight_decay,
+        warmup_steps=tcfg.warmup,
+        lr_scheduler_type=tcfg.lr_scheduler,
+        bf16=use_bf16(tcfg.get("bf16", "auto")),
+        use_cpu=not torch.cuda.is_available(),
+        logging_steps=tcfg.logging_steps,
+        eval_strategy="epoch" if has_dev else "no",
+        save_strategy="epoch" if has_dev else "steps",
+        save_steps=tcfg.save_steps,
+        save_total_limit=tcfg.save_total_limit,
+        load_best_model_at_end=has_dev,
+        metric_for_best_model="eval_loss" if has_dev else None,
+        seed=tcfg.seed,
+        data_seed=tcfg.seed,
+        report_to=[],
+        disable_tqdm=tcfg.get("disable_tqdm", not sys.stderr.isatty()),
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=dev_ds if has_dev else None,
+        data_collator=DataCollatorForTokenClassification(tokenizer),
+        processing_class=tokenizer,
+        callbacks=[EarlyStoppingCallback(tcfg.early_stopping_patience)] if has_dev else [],
+    )
+    last = get_last_checkpoint(str(output_dir)) if tcfg.resume and output_dir.exists() else None
+    if last:
+        log.info("resuming from %s", last)
+    trainer.train(resume_from_checkpoint=last)
+    return trainer
+
+
+def score_docs(predictor, docs: list[PreparedDoc]) -> tuple[dict, dict]:
+    """Entity scores of a predictor on prepared docs, plus the predictions by doc_id."""
+    preds = predictor.predict_norm([d.norm for d in docs])
+    scores = entity_scores([d.spans for d in docs], [p.norm_spans for p in preds], [len(d.norm.text) for d in docs])
+    return scores, {d.doc_id: p for d, p in zip(docs, preds)}
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    metrics: dict[str, Any]
+
+
+def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> TrainResult:
+    """Fine-tune on ``data``'s train split, save the model folder, score the held-out split."""
+    from omegaconf import OmegaConf
+
+    from .inference import Predictor
+
+    t0 = time.time()
+    label_names = data.manifest["label_names"]
+    model = build_model(cfg.model.name_or_path, label_names)
+    tokenizer.model_max_length = min(cfg.data.max_length, model.config.max_position_embeddings)
+    trainer = fit(model, tokenizer, data.datasets["train"], cfg.train, output_dir, data.datasets.get("dev"))
+    trainer.save_model(str(output_dir))
+    metrics: dict[str, Any] = {
+        "train_seconds": round(time.time() - t0, 1),
+        "steps": trainer.state.global_step,
+        "train_windows": len(data.datasets["train"]),
+        "train_docs": data.manifest["splits"]["train"]["doc_ids"],
+        "final_train_loss": next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None),
+    }
+    if "heldout" in data.datasets:
+        predictor = Predictor(trainer.model, tokenizer, cfg.data.max_length, cfg.data.stride)
+        heldout_docs = [data.docs[i] for i in data.manifest["splits"]["heldout"]["doc_ids"]]
+        metrics["heldout"], _ = score_docs(predictor, heldout_docs)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+    (output_dir / "label_map.json").write_text(json.dumps(dict(enumerate(label_names)), indent=2), encoding="utf-8")
+    (output_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
+    (output_dir / "prepare_manifest.json").write_text(json.dumps(data.manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    return TrainResult(output_dir, metrics)
+
+
+def train(cfg: Any) -> TrainResult:
+    """The main job: prepare the annotations, fine-tune, write the model folder and metrics."""
+    import datasets
+    from transformers import set_seed
+
+    from .modeling import load_tokenizer
+
+    datasets.disable_progress_bars()
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    data = load_prepared(cfg, tokenizer)
+    out = Path(cfg.train.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return train_on(data, cfg, out, tokenizer)
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """One-paragraph summary of a training run for the terminal."""
+    lines = [f"trained {metrics['steps']} steps on {metrics['train_windows']} windows in {metrics['train_seconds']} s "
+             f"(final training loss {metrics['final_train_loss']:.4f})"]
+    if "heldout" in metrics:
+        lines.append("held-out entity F1: " + ", ".join(f"{k} {v['f1']:.3f}" for k, v in metrics["heldout"].items()))
+    return "\n".join(lines)
