@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .text import DecodeError, decode_bytes
 
-TEXT_SUFFIXES = (".txt", ".text", ".md")
+TEXT_SUFFIXES = (".txt", ".text")
 HTML_SUFFIXES = (".html", ".htm", ".shtml", ".xhtml")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 

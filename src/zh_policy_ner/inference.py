@@ -58,7 +58,8 @@ class Predictor:
         self.model = model.to(self.device).eval()
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else None)
         self.max_length = min(max_length, getattr(tokenizer, "model_max_length", max_length) or max_length)
-        self.stride = stride
+        # A model trained on shorter windows caps max_length; keep the overlap below the window.
+        self.stride = stride if stride < self.max_length - 2 else (self.max_length - 2) // 4
         self.batch_size = batch_size
         self.id2label = {int(k): v for k, v in model.config.id2label.items()}
 

@@ -141,9 +141,16 @@ def _sparse_mlm_class():
             if labels is None or not self.training:
                 return super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
             hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            mask = labels != -100
-            logits = self.cls(hidden[mask])
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels[mask])
+            flat_labels = labels.reshape(-1)
+            rows = (flat_labels != -100).nonzero().squeeze(-1)
+            # Round the row count up to a multiple of 256 (padding rows are ignored by the loss):
+            # a handful of shapes instead of one per batch keeps kernel caches from growing.
+            padded = -(-max(len(rows), 1) // 256) * 256
+            rows = torch.cat([rows, rows.new_zeros(padded - len(rows))])
+            targets = flat_labels[rows].clone()
+            targets[len(targets) - (padded - int((flat_labels != -100).sum())):] = -100
+            logits = self.cls(hidden.reshape(-1, hidden.shape[-1])[rows])
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=-100)
             return MaskedLMOutput(loss=loss, logits=logits)
 
     return SparseHeadBertForMaskedLM
@@ -295,6 +302,7 @@ def pretrain(cfg: Any) -> PretrainResult:
         "steps": trainer.state.global_step,
         "train_tokens": trainer.state.global_step * cfg.batch_size * cfg.grad_accum * cfg.seq_len * max(1, args.world_size),
         "train_loss": train_out.training_loss,
+        "loss_curve": [[h["step"], round(h["loss"], 4)] for h in trainer.state.log_history if "loss" in h],
         "heldout_masked_accuracy": masked_accuracy(trainer.model, held_examples) if held_examples else None,
         "corpus_articles": len(texts),
         "corpus_chars": sum(map(len, texts)),

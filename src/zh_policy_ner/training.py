@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ def fit(model, tokenizer, train_ds, tcfg: Any, output_dir: Path, dev_ds=None):
         weight_decay=tcfg.weight_decay,
         warmup_steps=tcfg.warmup,
         lr_scheduler_type=tcfg.lr_scheduler,
-        bf16=use_bf16(tcfg.get("bf16", "auto")),
+        bf16=use_bf16(tcfg.bf16),
         use_cpu=not torch.cuda.is_available(),
         logging_steps=tcfg.logging_steps,
         eval_strategy="epoch" if has_dev else "no",
@@ -83,7 +83,7 @@ def fit(model, tokenizer, train_ds, tcfg: Any, output_dir: Path, dev_ds=None):
         seed=tcfg.seed,
         data_seed=tcfg.seed,
         report_to=[],
-        disable_tqdm=tcfg.get("disable_tqdm", not sys.stderr.isatty()),
+        disable_tqdm=tcfg.disable_tqdm if tcfg.disable_tqdm is not None else not sys.stderr.isatty(),
     )
     trainer = Trainer(
         model=model,
@@ -95,8 +95,10 @@ def fit(model, tokenizer, train_ds, tcfg: Any, output_dir: Path, dev_ds=None):
         callbacks=[EarlyStoppingCallback(tcfg.early_stopping_patience)] if has_dev else [],
     )
     last = get_last_checkpoint(str(output_dir)) if tcfg.resume and output_dir.exists() else None
+    trainer.resumed_from_step = 0
     if last:
-        log.info("resuming from %s", last)
+        trainer.resumed_from_step = json.loads((Path(last) / "trainer_state.json").read_text())["global_step"]
+        log.info("resuming from %s (step %d)", last, trainer.resumed_from_step)
     trainer.train(resume_from_checkpoint=last)
     return trainer
 
@@ -112,6 +114,7 @@ def score_docs(predictor, docs: list[PreparedDoc]) -> tuple[dict, dict]:
 class TrainResult:
     output_dir: Path
     metrics: dict[str, Any]
+    predictions: dict[str, Any] = field(default_factory=dict)  # held-out doc_id -> DocPrediction
 
 
 def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> TrainResult:
@@ -129,6 +132,7 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
     metrics: dict[str, Any] = {
         "train_seconds": round(time.time() - t0, 1),
         "steps": trainer.state.global_step,
+        "resumed_from_step": trainer.resumed_from_step,
         "train_windows": len(data.datasets["train"]),
         "train_docs": data.manifest["splits"]["train"]["doc_ids"],
         "final_train_loss": next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None),
@@ -136,12 +140,12 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
     if "heldout" in data.datasets:
         predictor = Predictor(trainer.model, tokenizer, cfg.data.max_length, cfg.data.stride)
         heldout_docs = [data.docs[i] for i in data.manifest["splits"]["heldout"]["doc_ids"]]
-        metrics["heldout"], _ = score_docs(predictor, heldout_docs)
+        metrics["heldout"], predictions = score_docs(predictor, heldout_docs)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
     (output_dir / "label_map.json").write_text(json.dumps(dict(enumerate(label_names)), indent=2), encoding="utf-8")
     (output_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
     (output_dir / "prepare_manifest.json").write_text(json.dumps(data.manifest, indent=2, ensure_ascii=False), encoding="utf-8")
-    return TrainResult(output_dir, metrics)
+    return TrainResult(output_dir, metrics, predictions if "heldout" in data.datasets else {})
 
 
 def train(cfg: Any) -> TrainResult:

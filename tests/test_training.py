@@ -1,0 +1,70 @@
+import json
+
+import pytest
+from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
+
+from zh_policy_ner.inference import Predictor, char_tags_from_tokens
+from zh_policy_ner.training import train
+
+from .conftest import SEED_IDS, compose
+
+
+def tiny_train_cfg(model_dir, out, *extra):
+    return compose(f"model.name_or_path={model_dir}", f"train.output_dir={out}", "data.max_length=64", "data.stride=16",
+                   "train.batch_size=8", "train.lr=5e-3", "train.warmup=0", "train.logging_steps=2",
+                   "train.save_steps=4", "train.bf16=false", *extra)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    cfg = tiny_train_cfg(tiny_model_dir, out, "train.max_steps=12", f"data.heldout=[{SEED_IDS[0]}]")
+    return out, train(cfg)
+
+
+def test_loss_falls_and_folder_is_complete(trained):
+    out, result = trained
+    losses = [h["loss"] for h in json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+    assert losses[-1] < losses[0]
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "label_map.json", "resolved_config.yaml", "metrics.json"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 12 and set(metrics["heldout"]) >= {"micro"}
+
+
+def test_folder_loads_back_and_predicts_spans_with_raw_offsets(trained):
+    out, _ = trained
+    predictor = Predictor.from_pretrained(str(out), max_length=64, stride=16)
+    raw = "市委書(shū)記王魯明主持召開會(huì)議,要求加強核酸檢測。" * 3
+    (pred,) = predictor.predict([raw])
+    for s in pred.spans:
+        assert raw[s.start:s.end] == s.text and s.label in {"PER", "LOC", "POLICY"} and 0 <= s.score <= 1
+
+
+def test_folder_works_in_transformers_pipeline(trained):
+    out, _ = trained
+    model = AutoModelForTokenClassification.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.model_max_length == 64 and model.config.id2label[0] == "O"
+    ner = pipeline("token-classification", model=model, tokenizer=tok, aggregation_strategy="simple")
+    ents = ner("市委书记谭作钧主持会议,要求加强核酸检测和集中隔离。")
+    assert isinstance(ents, list)
+    assert all({"entity_group", "start", "end"} <= set(e) for e in ents)
+
+
+def test_resume_after_interruption(tiny_model_dir, tmp_path):
+    cfg = tiny_train_cfg(tiny_model_dir, tmp_path, "train.max_steps=4")
+    first = train(cfg)
+    assert first.metrics["steps"] == 4 and (tmp_path / "checkpoint-4").is_dir()
+    # An interrupted longer run: the rerun picks up at the checkpoint instead of step 0.
+    cfg = tiny_train_cfg(tiny_model_dir, tmp_path, "train.max_steps=6")
+    second = train(cfg)
+    assert second.metrics["steps"] == 6 and second.metrics["resumed_from_step"] == 4
+    assert first.metrics["resumed_from_step"] == 0
+
+
+def test_char_tags_from_multichar_tokens_and_gaps():
+    # a word-piece token "2020" covering 4 chars, and a space between two tokens of one entity
+    tags = char_tags_from_tokens(9, [(0, 4), (4, 5), (6, 7), (7, 9)], ["B-LOC", "O", "B-PER", "I-PER"])
+    assert tags == ["B-LOC", "I-LOC", "I-LOC", "I-LOC", "O", "O", "B-PER", "I-PER", "I-PER"]
+    assert char_tags_from_tokens(3, [(0, 1), (2, 3)], ["B-PER", "I-PER"]) == ["B-PER", "I-PER", "I-PER"]
