@@ -112,3 +112,40 @@ def test_predict_smoke_on_scraped_reports(model_dir, scraped_dir, tmp_path):
     for r in map(json.loads, out.read_text(encoding="utf-8").splitlines()):
         raw = (scraped_dir / f"{r['doc_id']}.txt").read_text(encoding="utf-8")
         assert all(raw[x["start"]:x["end"]] == x["text"] for x in r["spans"])
+
+
+@pytest.mark.parametrize("fmt", ["labelstudio", "doccano"])
+def test_labelstudio_and_doccano_round_trip(fmt, tmp_path):
+    from zh_policy_ner.annotations import load_annotations
+    from zh_policy_ner.exchange import export_predictions, import_corrected
+
+    src = tmp_path / "reports" / "r1.txt"
+    src.parent.mkdir()
+    raw = "市委書(shū)記王魯明主持會議,要求加強核酸檢測。返威人員"
+    src.write_text(raw, encoding="utf-8")
+    pred = [{"start": 9, "end": 12, "label": "PER", "text": raw[9:12], "score": 0.9},
+            {"start": 21, "end": 25, "label": "POLICY", "text": raw[21:25], "score": 0.8}]
+    preds = tmp_path / "pred.jsonl"
+    preds.write_text(json.dumps({"doc_id": "r1", "source": str(src), "spans": pred}, ensure_ascii=False) + "\n", encoding="utf-8")
+    exported = export_predictions(preds, fmt, tmp_path / ("tasks.json" if fmt == "labelstudio" else "tasks.jsonl"))
+    # a person corrects it: adds the missed one-character place, keeps the rest
+    if fmt == "labelstudio":
+        tasks = json.loads(exported.read_text(encoding="utf-8"))
+        result = tasks[0]["predictions"][0]["result"]
+        result.append({"from_name": "label", "to_name": "text", "type": "labels",
+                       "value": {"start": 27, "end": 28, "text": "威", "labels": ["LOC"]}})
+        tasks[0]["annotations"] = [{"result": result}]
+        exported.write_text(json.dumps(tasks, ensure_ascii=False), encoding="utf-8")
+    else:
+        row = json.loads(exported.read_text(encoding="utf-8"))
+        row["label"].append([27, 28, "LOC"])
+        row["label"].append([0, 3, "BOGUS"])
+        exported.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    out = tmp_path / "annotations" / "new.jsonl"
+    docs, problems = import_corrected(exported, fmt, out, root=tmp_path)
+    assert len(problems) == (1 if fmt == "doccano" else 0)
+    loaded, errors = load_annotations(out, root=tmp_path)
+    assert errors == []
+    assert [(s.start, s.end, s.label, s.text) for s in loaded[0].spans] == [
+        (9, 12, "PER", "王魯明"), (21, 25, "POLICY", "核酸檢測"), (27, 28, "LOC", "威")]
+    assert loaded[0].source == "reports/r1.txt"

@@ -68,3 +68,27 @@ def test_char_tags_from_multichar_tokens_and_gaps():
     tags = char_tags_from_tokens(9, [(0, 4), (4, 5), (6, 7), (7, 9)], ["B-LOC", "O", "B-PER", "I-PER"])
     assert tags == ["B-LOC", "I-LOC", "I-LOC", "I-LOC", "O", "O", "B-PER", "I-PER", "I-PER"]
     assert char_tags_from_tokens(3, [(0, 1), (2, 3)], ["B-PER", "I-PER"]) == ["B-PER", "I-PER", "I-PER"]
+
+
+def test_silver_pass_and_mention_swap(tiny_model_dir, tmp_path):
+    cfg = tiny_train_cfg(tiny_model_dir, tmp_path / "m", "train.max_steps=2", "train.silver.enabled=true",
+                         "train.silver.tagger=jieba", "train.silver.news_articles=3", "train.silver.scraped=null",
+                         f"train.silver.cache_dir={tmp_path / 'silver'}", "train.mention_swap.copies=1")
+    result = train(cfg)
+    assert result.metrics["silver_start"].startswith(str(tmp_path / "silver"))
+    assert list((tmp_path / "silver").glob("silver-jieba-*.json"))
+    base = train(tiny_train_cfg(tiny_model_dir, tmp_path / "b", "train.max_steps=1", "train.resume=false"))
+    assert result.metrics["train_windows"] > base.metrics["train_windows"]  # swapped copies were added
+
+
+def test_swap_mentions_keeps_spans_aligned():
+    import random
+
+    from zh_policy_ner.augment import swap_mentions
+    from zh_policy_ner.dataset import PreparedDoc
+    from zh_policy_ner.text import normalize
+
+    doc = PreparedDoc("d", normalize("市长刘向东要求返凤人员到大连市"), [(2, 5, "PER"), (8, 9, "LOC"), (12, 15, "LOC")])
+    new = swap_mentions(doc, {"PER": ["欧阳娜娜"], "LOC": ["长春"]}, random.Random(0), "x")
+    assert new.norm.text == "市长欧阳娜娜要求返凤人员到长春"
+    assert [new.norm.text[s:e] for s, e, _ in new.spans] == ["欧阳娜娜", "凤", "长春"]

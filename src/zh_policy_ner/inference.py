@@ -52,11 +52,25 @@ class Predictor:
     """Wraps a token-classification model and its tokenizer for document-level span prediction."""
 
     def __init__(self, model, tokenizer, max_length: int = 256, stride: int = 64, batch_size: int = 32,
-                 device: str | None = None, dtype: torch.dtype | None = None):
+                 device: str | None = None, precision: str = "auto"):
+        """``precision``: ``fp32``; ``bf16`` (autocast); ``int8`` (dynamic quantisation of the
+        linear layers, CPU); ``auto`` = bf16 on GPUs and on CPUs with AMX/AVX512-BF16, else fp32."""
+        from .training import use_bf16
+
         self.tokenizer = tokenizer
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.to(self.device).eval()
-        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else None)
+        model = model.to(self.device).eval()
+        if precision == "auto":
+            precision = "bf16" if use_bf16("auto") else "fp32"
+        if precision == "int8":
+            if self.device.type != "cpu":
+                raise ValueError("int8 dynamic quantisation runs on CPU only")
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        elif precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or int8, got {precision!r}")
+        self.precision = precision
+        self.model = model
+        self.dtype = torch.bfloat16 if precision == "bf16" else None
         self.max_length = min(max_length, getattr(tokenizer, "model_max_length", max_length) or max_length)
         # A model trained on shorter windows caps max_length; keep the overlap below the window.
         self.stride = stride if stride < self.max_length - 2 else (self.max_length - 2) // 4

@@ -188,7 +188,8 @@ def run_predict(cfg: Any) -> PredictSummary:
     if cfg.infer.num_threads:
         torch.set_num_threads(cfg.infer.num_threads)
     predictor = Predictor.from_pretrained(cfg.infer.model_dir, max_length=cfg.infer.max_length,
-                                          stride=cfg.infer.stride, batch_size=cfg.infer.batch_size)
+                                          stride=cfg.infer.stride, batch_size=cfg.infer.batch_size,
+                                          precision=cfg.infer.precision)
     summary = predict_files(predictor, cfg.infer.input, cfg.infer.output)
     if cfg.infer.get("reports", True):
         summary.extras = write_reports(summary.output, cfg.infer.input)

@@ -125,15 +125,35 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
 
     t0 = time.time()
     label_names = data.manifest["label_names"]
-    model = build_model(cfg.model.name_or_path, label_names)
+    start = cfg.model.name_or_path
+    silver_docs_: list[PreparedDoc] = []
+    if cfg.train.silver.enabled:
+        from .silver import silver_docs, silver_model
+
+        start = silver_model(cfg, tokenizer, label_names)
+        silver_docs_ = silver_docs(cfg.train.silver, cfg.seed, Path(cfg.train.silver.cache_dir))
+    model = build_model(start, label_names)
     tokenizer.model_max_length = min(cfg.data.max_length, model.config.max_position_embeddings)
-    trainer = fit(model, tokenizer, data.datasets["train"], cfg.train, output_dir, data.datasets.get("dev"))
+    train_ds = data.datasets["train"]
+    if cfg.train.mention_swap.copies > 0:
+        from datasets import concatenate_datasets
+
+        from .augment import mention_pools, mention_swap_docs
+        from .dataset import build_windows, to_dataset
+
+        gold = [data.docs[i] for i in data.manifest["splits"]["train"]["doc_ids"]]
+        pools = mention_pools(gold + silver_docs_)
+        extra = mention_swap_docs(gold, pools, cfg.train.mention_swap.copies, cfg.seed)
+        train_ds = concatenate_datasets([train_ds, to_dataset(build_windows(extra, tokenizer, label_names,
+                                                                             cfg.data.max_length, cfg.data.stride))])
+    trainer = fit(model, tokenizer, train_ds, cfg.train, output_dir, data.datasets.get("dev"))
     trainer.save_model(str(output_dir))
     metrics: dict[str, Any] = {
         "train_seconds": round(time.time() - t0, 1),
         "steps": trainer.state.global_step,
         "resumed_from_step": trainer.resumed_from_step,
-        "train_windows": len(data.datasets["train"]),
+        "train_windows": len(train_ds),
+        "silver_start": start if cfg.train.silver.enabled else None,
         "train_docs": data.manifest["splits"]["train"]["doc_ids"],
         "final_train_loss": next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None),
     }

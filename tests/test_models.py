@@ -1,0 +1,45 @@
+"""The shipped embedded model and the hub-model configs."""
+import time
+
+import pytest
+from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+from zh_policy_ner.modeling import DEFAULT_MODEL_DIR, ModelNotAvailable, resolve_model_path
+from zh_policy_ner.text import normalize, read_text
+from zh_policy_ner.tokenization import unknown_rate
+
+from .conftest import ROOT, compose
+
+
+def test_default_model_config_points_to_the_shipped_model():
+    assert compose().model.name_or_path == str(DEFAULT_MODEL_DIR)
+    assert compose().pretrain.export_dir == str(DEFAULT_MODEL_DIR)
+
+
+def test_shipped_model_loads_offline_small_and_covers_the_reports(seed_texts):
+    assert (DEFAULT_MODEL_DIR / "model.safetensors").exists(), "the embedded model must be committed"
+    size = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir())
+    assert size <= 25 * 1024 * 1024
+    model = AutoModelForMaskedLM.from_pretrained(DEFAULT_MODEL_DIR)
+    tok = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)
+    assert tok.is_fast and len(tok) == model.config.vocab_size
+    assert unknown_rate(tok, seed_texts) < 0.01
+    assert (DEFAULT_MODEL_DIR / "README.md").exists()
+    scraped = sorted((ROOT.parent / "shared" / "scraped").glob("r*.txt"))
+    if scraped:
+        assert unknown_rate(tok, [normalize(read_text(p)).text for p in scraped]) < 0.01
+
+
+@pytest.mark.parametrize("name", ["bert-base-chinese", "chinese-roberta-wwm-ext", "rbt3"])
+def test_hub_configs_fail_fast_offline_naming_the_override(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_name = compose(f"model={name}").model.name_or_path
+    t = time.time()
+    with pytest.raises(ModelNotAvailable, match="model=embedded"):
+        resolve_model_path(hub_name)
+    assert time.time() - t < 5
+
+
+def test_local_folder_without_config_is_rejected(tmp_path):
+    with pytest.raises(ModelNotAvailable, match="config.json"):
+        resolve_model_path(tmp_path)
