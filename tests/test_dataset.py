@@ -51,7 +51,7 @@ def test_splits_are_by_article():
 def prepared(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
     cfg = compose(f"model.name_or_path={tiny_model_dir}", f"data.output_dir={out}", "data.max_length=64",
-                  "data.stride=16", f"data.heldout=[{SEED_IDS[-1]}]")
+                  "data.stride=16", f"data.heldout=[{SEED_IDS[-1]}]", "data.loao_folds=true")
     return prepare(cfg)
 
 
@@ -95,3 +95,14 @@ def test_token_labels_match_gold_spans(prepared):
                 assert lab == -100
             elif names[lab].startswith("B-"):
                 assert starts.get(s) == names[lab][2:]
+
+
+def test_loao_folds_written_by_article(prepared):
+    import json
+
+    _, out = prepared
+    folds = sorted(p.name for p in (out / "folds").iterdir())
+    assert folds == SEED_IDS
+    for fold in folds:
+        m = json.loads((out / "folds" / fold / "manifest.json").read_text())
+        assert m["splits"]["heldout"]["doc_ids"] == [fold] and fold not in m["splits"]["train"]["doc_ids"]

@@ -149,3 +149,19 @@ def test_labelstudio_and_doccano_round_trip(fmt, tmp_path):
     assert [(s.start, s.end, s.label, s.text) for s in loaded[0].spans] == [
         (9, 12, "PER", "王魯明"), (21, 25, "POLICY", "核酸檢測"), (27, 28, "LOC", "威")]
     assert loaded[0].source == "reports/r1.txt"
+
+
+def test_predict_shards_by_rank(model_dir, tmp_path, monkeypatch):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(5):
+        (inputs / f"d{i}.txt").write_text(f"市委书记谭作钧主持会议{i}", encoding="utf-8")
+    out = tmp_path / "p.jsonl"
+    ids = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        s = run_predict(compose(f"infer.model_dir={model_dir}", f"infer.input={inputs}", f"infer.output={out}"))
+        assert s.output.name == f"p.rank{rank:03d}-of-002.jsonl"
+        ids += [json.loads(l)["doc_id"] for l in s.output.read_text().splitlines()]
+    assert sorted(ids) == [f"d{i}" for i in range(5)]

@@ -43,3 +43,12 @@ def test_resume_continues_from_checkpoint(run):
     assert pretrain(cfg.pretrain).metrics["steps"] == 40
     lines = (out / "run" / "runs.jsonl").read_text().splitlines()
     assert len(lines) == 2
+
+
+def test_continued_pretraining_of_an_existing_masked_lm(tiny_model_dir, tmp_path):
+    cfg = compose(*TINY, f"pretrain.init_from={tiny_model_dir}", "pretrain.max_steps=3",
+                  f"pretrain.output_dir={tmp_path / 'run'}", f"pretrain.export_dir={tmp_path / 'export'}")
+    result = pretrain(cfg.pretrain)
+    assert result.metrics["steps"] == 3
+    assert result.metrics["vocab_size"] == len(AutoTokenizer.from_pretrained(tiny_model_dir))  # its own tokenizer
+    AutoModelForMaskedLM.from_pretrained(tmp_path / "export")

@@ -232,10 +232,23 @@ def prepare(cfg: Any, tokenizer=None) -> tuple[PreparedData, Path]:
     from .modeling import load_tokenizer
 
     datasets.disable_progress_bars()
-    data = load_prepared(cfg, tokenizer or load_tokenizer(cfg.model.name_or_path))
+    tokenizer = tokenizer or load_tokenizer(cfg.model.name_or_path)
+    data = load_prepared(cfg, tokenizer)
     out = Path(cfg.data.output_dir)
+    _save(data, out)
+    if cfg.data.loao_folds:  # one train/heldout pair per article, as scripts/evaluate.py uses them
+        from .annotations import load_annotations
+
+        docs, _ = load_annotations(cfg.data.annotations, root=cfg.data.source_root, labels=cfg.data.labels)
+        for train_ids, test_id in leave_one_out([d.doc_id for d in docs]):
+            fold = prepare_docs(docs, tokenizer, {"train": train_ids, "heldout": [test_id]},
+                                bio_label_names(cfg.data.labels), cfg.data.max_length, cfg.data.stride)
+            _save(fold, out / "folds" / test_id)
+    return data, out
+
+
+def _save(data: PreparedData, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for split, ds in data.datasets.items():
         ds.save_to_disk(str(out / split))
     (out / "manifest.json").write_text(json.dumps(data.manifest, indent=2, ensure_ascii=False), encoding="utf-8")
-    return data, out

@@ -66,8 +66,9 @@ class PredictSummary:
 
 
 def predict_files(predictor: Predictor, input_path: str | Path, output: str | Path, docs_per_batch: int = 64,
-                  progress: bool = True) -> PredictSummary:
-    """Stream documents from ``input_path`` through ``predictor`` into ``output`` (JSONL)."""
+                  progress: bool = True, shard: tuple[int, int] = (0, 1)) -> PredictSummary:
+    """Stream documents from ``input_path`` through ``predictor`` into ``output`` (JSONL).
+    ``shard=(rank, world)`` keeps every ``world``-th input, starting at ``rank``."""
     from tqdm import tqdm
 
     output = Path(output)
@@ -80,7 +81,9 @@ def predict_files(predictor: Predictor, input_path: str | Path, output: str | Pa
 
     def todo() -> Iterator[RawDoc]:
         nonlocal n_err, skipped
-        for item in iter_documents(input_path):
+        for k, item in enumerate(iter_documents(input_path)):
+            if k % shard[1] != shard[0]:
+                continue
             if isinstance(item, DocError):
                 n_err += 1
                 log.warning("skipped %s: %s", item.source, item.error)
@@ -183,14 +186,25 @@ def write_reports(output: Path, input_path: str | Path) -> dict[str, Path]:
 
 def run_predict(cfg: Any) -> PredictSummary:
     """The predict stage as configured by the ``infer`` group."""
+    import os
+
     import torch
 
     if cfg.infer.num_threads:
         torch.set_num_threads(cfg.infer.num_threads)
+    # Under torchrun (or any launcher setting RANK/WORLD_SIZE) each process takes its own shard of
+    # the inputs and writes its own file: <output>.rank003-of-008.jsonl; concatenate them after.
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    output = Path(cfg.infer.output)
+    device = None
+    if world > 1:
+        output = output.with_name(f"{output.stem}.rank{rank:03d}-of-{world:03d}{output.suffix}")
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     predictor = Predictor.from_pretrained(cfg.infer.model_dir, max_length=cfg.infer.max_length,
                                           stride=cfg.infer.stride, batch_size=cfg.infer.batch_size,
-                                          precision=cfg.infer.precision)
-    summary = predict_files(predictor, cfg.infer.input, cfg.infer.output)
-    if cfg.infer.get("reports", True):
+                                          precision=cfg.infer.precision, device=device)
+    summary = predict_files(predictor, cfg.infer.input, output, shard=(rank, world), progress=rank == 0)
+    if cfg.infer.reports and world == 1:
         summary.extras = write_reports(summary.output, cfg.infer.input)
     return summary
