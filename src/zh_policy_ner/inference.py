@@ -55,7 +55,7 @@ class Predictor:
                  device: str | None = None, precision: str = "auto"):
         """``precision``: ``fp32``; ``bf16`` (autocast); ``int8`` (dynamic quantisation of the
         linear layers, CPU); ``auto`` = bf16 on GPUs and on CPUs with AMX/AVX512-BF16, else fp32."""
-        from .training import use_bf16
+        from .modeling import use_bf16
 
         self.tokenizer = tokenizer
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 # Where the embedded default model lives, relative to the repository root.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "zh-policy-char-bert"
@@ -65,3 +66,17 @@ def load_tokenizer(name_or_path: str | os.PathLike):
     if not tokenizer.is_fast:
         raise ModelNotAvailable(f"{name_or_path}: a fast tokenizer is required (character offsets); got {type(tokenizer).__name__}")
     return tokenizer
+
+
+def use_bf16(setting: Any = "auto") -> bool:
+    """bf16 autocast: on GPUs that support it, and on CPUs with AMX/AVX512-BF16 when ``auto``."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported() and setting is not False
+    if setting == "auto":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except Exception:
+            return False
+    return bool(setting)

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .corpus import RawDoc, inews_texts, iter_documents
+from .modeling import use_bf16
 from .text import normalize
 from .tokenization import build_vocab, make_tokenizer, unknown_rate
 
@@ -156,14 +157,6 @@ def _sparse_mlm_class():
     return SparseHeadBertForMaskedLM
 
 
-def cpu_bf16_supported() -> bool:
-    """True where the CPU has native bf16 matrix units (AMX / AVX512-BF16)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
-
-
 def build_model_and_tokenizer(cfg: Any, train_texts: list[str]):
     """A fresh BERT + char vocabulary (``init_from`` null) or an existing masked LM and its tokenizer."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
@@ -250,10 +243,6 @@ def pretrain(cfg: Any) -> PretrainResult:
     held_examples = masked_examples(held_ds, collator.mlm, seed=cfg.seed, limit=cfg.eval_chunks)
     log.info("train chunks: %d of %d tokens; held-out chunks: %d", len(train_ds), cfg.seq_len, len(held_examples))
 
-    if torch.cuda.is_available():
-        use_bf16 = torch.cuda.is_bf16_supported()
-    else:
-        use_bf16 = cpu_bf16_supported() if cfg.cpu_bf16 == "auto" else bool(cfg.cpu_bf16)
     args = TrainingArguments(
         output_dir=str(out),
         max_steps=cfg.max_steps,
@@ -265,7 +254,7 @@ def pretrain(cfg: Any) -> PretrainResult:
         weight_decay=cfg.weight_decay,
         lr_scheduler_type=cfg.lr_scheduler,
         adam_beta2=0.98,
-        bf16=use_bf16,
+        bf16=use_bf16(cfg.cpu_bf16),
         use_cpu=not torch.cuda.is_available(),
         logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps,

@@ -18,20 +18,9 @@ import torch
 
 from .dataset import PreparedData, PreparedDoc, load_prepared
 from .metrics import entity_scores
+from .modeling import use_bf16
 
 log = logging.getLogger(__name__)
-
-
-def use_bf16(setting: Any = "auto") -> bool:
-    """bf16 autocast: on GPUs that support it, and on CPUs with AMX/AVX512-BF16 when ``auto``."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported() and setting is not False
-    if setting == "auto":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except Exception:
-            return False
-    return bool(setting)
 
 
 def build_model(name_or_path: str, label_names: list[str]):
