@@ -80,3 +80,29 @@ def use_bf16(setting: Any = "auto") -> bool:
         except Exception:
             return False
     return bool(setting)
+
+
+def progress_callback():
+    """A Trainer callback that logs ``step N/M, loss, elapsed, eta`` at every logging step: the
+    progress line for runs without a terminal (where Trainer's progress bar is off)."""
+    import logging
+    import time
+
+    from transformers import TrainerCallback
+
+    log = logging.getLogger("zh_policy_ner.progress")
+
+    class EtaLogger(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t0, self.step0 = time.time(), state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not args.disable_tqdm or not logs or "loss" not in logs or not state.max_steps:
+                return
+            done = state.global_step - self.step0
+            elapsed = time.time() - self.t0
+            eta = elapsed / done * (state.max_steps - state.global_step) if done else float("nan")
+            log.info("step %d/%d  loss %.4f  elapsed %.0fs  eta %.0fs", state.global_step, state.max_steps,
+                     logs["loss"], elapsed, eta)
+
+    return EtaLogger()

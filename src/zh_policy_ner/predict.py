@@ -172,15 +172,16 @@ def render_html(records: list[dict], texts: dict[str, str], path: Path, title: s
     return path
 
 
-def write_reports(output: Path, input_path: str | Path) -> dict[str, Path]:
-    """Entity CSV, aggregate table and HTML report next to ``output``."""
+def write_reports(output: Path, input_path: str | Path, html_max_docs: int = 500) -> dict[str, Path]:
+    """Entity CSV and aggregate table over all documents; HTML report of the first ``html_max_docs``."""
     records = read_predictions(output)
-    texts = {d.doc_id: d.text for d in iter_documents(input_path) if isinstance(d, RawDoc)}
+    shown = {r["doc_id"] for r in records[:html_max_docs]}
+    texts = {d.doc_id: d.text for d in iter_documents(input_path) if isinstance(d, RawDoc) and d.doc_id in shown}
     stem = output.with_suffix("")
     return {
         "entities_csv": write_entity_csv(records, stem.with_suffix(".entities.csv")),
         "aggregate_csv": write_aggregate(records, stem.with_suffix(".aggregate.csv")),
-        "html": render_html(records, texts, stem.with_suffix(".html")),
+        "html": render_html(records[:html_max_docs], texts, stem.with_suffix(".html")),
     }
 
 
@@ -206,5 +207,5 @@ def run_predict(cfg: Any) -> PredictSummary:
                                           precision=cfg.infer.precision, device=device)
     summary = predict_files(predictor, cfg.infer.input, output, shard=(rank, world), progress=rank == 0)
     if cfg.infer.reports and world == 1:
-        summary.extras = write_reports(summary.output, cfg.infer.input)
+        summary.extras = write_reports(summary.output, cfg.infer.input, cfg.infer.html_max_docs)
     return summary

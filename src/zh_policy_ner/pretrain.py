@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .corpus import RawDoc, inews_texts, iter_documents
-from .modeling import use_bf16
+from .modeling import progress_callback, use_bf16
 from .text import normalize
 from .tokenization import build_vocab, make_tokenizer, unknown_rate
 
@@ -179,6 +179,8 @@ def build_model_and_tokenizer(cfg: Any, train_texts: list[str]):
         intermediate_size=cfg.model.intermediate_size,
         max_position_embeddings=cfg.model.max_position_embeddings,
         pad_token_id=tokenizer.pad_token_id,
+        hidden_dropout_prob=cfg.model.dropout,
+        attention_probs_dropout_prob=cfg.model.dropout,
     )
     torch.manual_seed(cfg.seed)
     return _sparse_mlm_class()(config), tokenizer
@@ -231,7 +233,8 @@ def pretrain(cfg: Any) -> PretrainResult:
 
         model = AutoModelForMaskedLM.from_pretrained(last)
         if isinstance(model, BertForMaskedLM):
-            model = _sparse_mlm_class().from_pretrained(last)
+            drop = {} if cfg.init_from else {"hidden_dropout_prob": cfg.model.dropout, "attention_probs_dropout_prob": cfg.model.dropout}
+            model = _sparse_mlm_class().from_pretrained(last, **drop)
         tokenizer = AutoTokenizer.from_pretrained(last)
         log.info("resuming from %s", last)
     else:
@@ -281,7 +284,7 @@ def pretrain(cfg: Any) -> PretrainResult:
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
-        callbacks=[_time_limit_callback(cfg.max_minutes)],
+        callbacks=[_time_limit_callback(cfg.max_minutes), progress_callback()],
     )
     train_out = trainer.train(resume_from_checkpoint=last)
     trainer.save_model(str(out / "last"))
@@ -320,6 +323,9 @@ def export_model(model, tokenizer, folder: Path, metrics: dict[str, Any], cfg: A
     """Save a shippable folder: fp16 safetensors (loads as fp32), tokenizer, metrics, model card."""
     folder.mkdir(parents=True, exist_ok=True)
     model.config.architectures = ["BertForMaskedLM"] if "Bert" in type(model).__name__ else model.config.architectures
+    if cfg.get("export_dropout") is not None and hasattr(model.config, "hidden_dropout_prob"):
+        # Pretraining may run without dropout; fine-tuning on a few articles wants it back.
+        model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = cfg.export_dropout
     model.to(torch.float16).save_pretrained(str(folder), safe_serialization=True)
     model.config.torch_dtype = "float32"
     model.config.save_pretrained(str(folder))
