@@ -165,3 +165,17 @@ def test_predict_shards_by_rank(model_dir, tmp_path, monkeypatch):
         assert s.output.name == f"p.rank{rank:03d}-of-002.jsonl"
         ids += [json.loads(l)["doc_id"] for l in s.output.read_text().splitlines()]
     assert sorted(ids) == [f"d{i}" for i in range(5)]
+
+
+def test_benchmark_runs_both_systems(model_dir, tmp_path):
+    from zh_policy_ner.bench import run_benchmark
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.txt").write_text("市委书记谭作钧主持会议,要求加强核酸检测。" * 20, encoding="utf-8")
+    rows = run_benchmark(str(model_dir), str(inputs), 3, ["pipeline", "ours:fp32", "ours:int8"], tmp_path / "b",
+                         max_length=64, stride=16, batch_size=4)
+    assert [r["system"] for r in rows] == ["pipeline", "ours:fp32", "ours:int8"]
+    assert all(r["docs"] == 3 and r["chars_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+    assert rows[1]["agreement_f1_vs_fp32"] == 1.0
+    assert "speed-up vs pipeline" in (tmp_path / "b" / "bench.md").read_text()

@@ -28,22 +28,25 @@ def bench_texts(input_path: str | Path, n_docs: int) -> list[str]:
 def _worker(system: str, model_dir: str, texts_file: str, max_length: int, stride: int, batch_size: int) -> dict:
     t0 = time.time()
     texts = json.loads(Path(texts_file).read_text(encoding="utf-8"))
-    n_spans = 0
+    spans: list[tuple[int, int, int, str]] = []
     if system == "pipeline":
         from transformers import pipeline
 
         ner = pipeline("token-classification", model=model_dir, aggregation_strategy="simple", stride=stride,
                        device=0 if _cuda() else -1)
-        for out in ner(texts, batch_size=batch_size):
-            n_spans += len(out)
+        for i, out in enumerate(ner(texts, batch_size=batch_size)):
+            spans += [(i, int(e["start"]), int(e["end"]), e["entity_group"]) for e in out]
     else:
         from .inference import Predictor
 
         predictor = Predictor.from_pretrained(model_dir, max_length=max_length, stride=stride, batch_size=batch_size,
                                               precision=system.split(":", 1)[1] if ":" in system else "auto")
         for k in range(0, len(texts), 256):
-            n_spans += sum(len(p.spans) for p in predictor.predict(texts[k : k + 256]))
+            for i, p in enumerate(predictor.predict(texts[k : k + 256]), start=k):
+                spans += [(i, s.start, s.end, s.label) for s in p.spans]
     seconds = time.time() - t0
+    n_spans = len(spans)
+    Path(texts_file).with_name(f"spans_{system.replace(':', '_')}.json").write_text(json.dumps(spans))
     chars = sum(map(len, texts))
     return {"system": system, "docs": len(texts), "chars": chars, "seconds": round(seconds, 2),
             "chars_per_s": round(chars / seconds), "spans": n_spans,
@@ -72,15 +75,24 @@ def run_benchmark(model_dir: str, input_path: str, n_docs: int, systems: list[st
         rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     base = next((r["chars_per_s"] for r in rows if r["system"] == "pipeline"), None)
+    reference = next((r["system"] for r in rows if r["system"] == "ours:fp32"), None)
+    if reference:  # span-level agreement (exact start, end, label) with the fp32 predictor
+        ref = {tuple(x) for x in json.loads((out / "spans_ours_fp32.json").read_text())}
+        for r in rows:
+            got = {tuple(x) for x in json.loads((out / f"spans_{r['system'].replace(':', '_')}.json").read_text())}
+            tp = len(ref & got)
+            r["agreement_f1_vs_fp32"] = round(2 * tp / (len(ref) + len(got)), 4) if ref or got else 1.0
     import torch
 
     hw = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU {platform.machine()}, {os.cpu_count()} cores"
     lines = [f"Benchmark: {n_docs} documents from {input_path}, model {model_dir}, windows {max_length} / stride {stride}, "
              f"batch {batch_size}, {hw}. Whole runs in fresh processes (start-up included).", "",
-             "| system | docs | chars | seconds | chars/s | speed-up vs pipeline | spans | peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
+             "| system | docs | chars | seconds | chars/s | speed-up vs pipeline | spans | span agreement with ours:fp32 (F1) | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r['chars_per_s'] / base:.1f}x" if base else "–"
-        lines.append(f"| {r['system']} | {r['docs']} | {r['chars']} | {r['seconds']} | {r['chars_per_s']} | {ratio} | {r['spans']} | {r['peak_rss_mb']} |")
+        lines.append(f"| {r['system']} | {r['docs']} | {r['chars']} | {r['seconds']} | {r['chars_per_s']} | {ratio} | {r['spans']} "
+                     f"| {r.get('agreement_f1_vs_fp32', '–')} | {r['peak_rss_mb']} |")
     (out / "bench.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
     (out / "bench.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return rows
