@@ -92,3 +92,14 @@ def test_swap_mentions_keeps_spans_aligned():
     new = swap_mentions(doc, {"PER": ["欧阳娜娜"], "LOC": ["长春"]}, random.Random(0), "x")
     assert new.norm.text == "市长欧阳娜娜要求返凤人员到长春"
     assert [new.norm.text[s:e] for s, e, _ in new.spans] == ["欧阳娜娜", "凤", "长春"]
+
+
+def test_self_training_round_adds_pseudo_labelled_windows(tiny_model_dir, tmp_path):
+    unl = tmp_path / "unlabelled"
+    unl.mkdir()
+    (unl / "r.txt").write_text("市委书记谭作钧主持会议,要求加强核酸检测和集中隔离。" * 10, encoding="utf-8")
+    cfg = tiny_train_cfg(tiny_model_dir, tmp_path / "m", "train.max_steps=2", "train.self_training.rounds=1",
+                         "train.self_training.threshold=0.0", f"train.self_training.sources=[{unl}]")
+    result = train(cfg)
+    assert result.metrics["self_training_windows"][0] > 0
+    assert (tmp_path / "m" / "self-training-1").is_dir() and (tmp_path / "m" / "model.safetensors").exists()

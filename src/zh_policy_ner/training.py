@@ -136,6 +136,20 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
         train_ds = concatenate_datasets([train_ds, to_dataset(build_windows(extra, tokenizer, label_names,
                                                                              cfg.data.max_length, cfg.data.stride))])
     trainer = fit(model, tokenizer, train_ds, cfg.train, output_dir, data.datasets.get("dev"))
+    st = cfg.train.self_training
+    pseudo_windows = []
+    for round_ in range(st.rounds):
+        from .selftrain import pseudo_labelled
+
+        pseudo = pseudo_labelled(trainer.model, tokenizer, cfg, label_names)
+        log.info("self-training round %d: %d windows of confident pseudo-labels", round_ + 1, len(pseudo))
+        pseudo_windows.append(len(pseudo))
+        from datasets import concatenate_datasets
+
+        train_ds = concatenate_datasets([train_ds, pseudo])
+        trainer = fit(build_model(start, label_names), tokenizer, train_ds,
+                      OmegaConf.merge(cfg.train, {"resume": False}), output_dir / f"self-training-{round_ + 1}",
+                      data.datasets.get("dev"))
     trainer.save_model(str(output_dir))
     metrics: dict[str, Any] = {
         "train_seconds": round(time.time() - t0, 1),
@@ -143,6 +157,7 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
         "resumed_from_step": trainer.resumed_from_step,
         "train_windows": len(train_ds),
         "silver_start": start if cfg.train.silver.enabled else None,
+        "self_training_windows": pseudo_windows,
         "train_docs": data.manifest["splits"]["train"]["doc_ids"],
         "final_train_loss": next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None),
     }
