@@ -69,6 +69,7 @@ def write_inputs(folder):
     (folder / "long.txt").write_text(seed * 20, encoding="utf-8")
     (folder / "page.html").write_text("<html><script>var x=1;</script><p>市委书记<b>谭作钧</b>主持会议</p></html>", encoding="utf-8")
     (folder / "docs.jsonl").write_text('{"doc_id": "j1", "text": "大连市召开会议"}\nnot json\n', encoding="utf-8")
+    (folder / "a.html").write_text("<p>大连市召开会议</p>", encoding="utf-8")  # same stem as a.txt
 
 
 def test_predict_robust_exact_offsets_and_resume(model_dir, tmp_path):
@@ -82,14 +83,14 @@ def test_predict_robust_exact_offsets_and_resume(model_dir, tmp_path):
     assert summary.errors == 2  # binary.txt and the bad JSONL line, each reported
     errors = [json.loads(l) for l in out.with_suffix(".errors.jsonl").read_text().splitlines()]
     assert {e["source"].split("/")[-1] for e in errors} == {"binary.txt", "docs.jsonl:2"}
-    assert set(records) == {"a", "sub/gbk", "sub/utf8", "empty", "long", "page", "j1"}
+    assert set(records) == {"a", "a.txt", "sub/gbk", "sub/utf8", "empty", "long", "page", "j1"}
     assert records["empty"]["spans"] == []
     from zh_policy_ner.corpus import iter_documents
 
-    texts = {d.doc_id: d.text for d in iter_documents(inputs) if hasattr(d, "text")}
-    for doc_id, r in records.items():
+    texts = {d.source: d.text for d in iter_documents(inputs) if hasattr(d, "text")}
+    for r in records.values():
         for s in r["spans"]:
-            assert texts[doc_id][s["start"]:s["end"]] == s["text"]
+            assert texts[r["source"]][s["start"]:s["end"]] == s["text"]
     assert records["sub/gbk"]["spans"] == records["sub/utf8"]["spans"]
     for ext in (".entities.csv", ".aggregate.csv", ".html"):
         assert out.with_suffix("").with_suffix(ext).exists()

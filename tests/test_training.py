@@ -103,3 +103,13 @@ def test_self_training_round_adds_pseudo_labelled_windows(tiny_model_dir, tmp_pa
     result = train(cfg)
     assert result.metrics["self_training_windows"][0] > 0
     assert (tmp_path / "m" / "self-training-1").is_dir() and (tmp_path / "m" / "model.safetensors").exists()
+
+
+def test_same_seed_same_weights(tiny_model_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    for name in ("a", "b"):
+        train(tiny_train_cfg(tiny_model_dir, tmp_path / name, "train.max_steps=3"))
+    wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

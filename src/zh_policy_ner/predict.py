@@ -79,6 +79,8 @@ def predict_files(predictor: Predictor, input_path: str | Path, output: str | Pa
     t0 = time.time()
     bar = tqdm(desc="predict", unit="doc", disable=not progress)
 
+    seen: set[str] = set()
+
     def todo() -> Iterator[RawDoc]:
         nonlocal n_err, skipped
         for k, item in enumerate(iter_documents(input_path)):
@@ -90,10 +92,12 @@ def predict_files(predictor: Predictor, input_path: str | Path, output: str | Pa
                 with errors_path.open("a", encoding="utf-8") as ef:
                     ef.write(json.dumps({"source": item.source, "error": item.error}, ensure_ascii=False) + "\n")
                 continue
+            if item.doc_id in seen:  # a.txt and a.html in one folder: keep both, under distinct ids
+                item = RawDoc(f"{item.doc_id}{Path(item.source).suffix}", item.source, item.text)
+            seen.add(item.doc_id)
             if item.doc_id in done:
                 skipped += 1
                 continue
-            done.add(item.doc_id)
             yield item
 
     with output.open("a", encoding="utf-8") as out:
