@@ -103,3 +103,10 @@ def test_offsets_strictly_increasing_and_point_at_source(raw):
     assert list(n.offsets) == sorted(set(n.offsets))
     for ch, o in zip(n.text, n.offsets):
         assert ch == raw[o] or ch == " " or raw[o] in "\u3000"
+
+
+def test_already_normalized_is_identity():
+    from zh_policy_ner.text import already_normalized
+
+    n = already_normalized("会(h)议??")
+    assert n.text == "会(h)议??" and n.to_raw_span(0, 2) == (0, 2)

@@ -6,7 +6,7 @@ import random
 from collections.abc import Sequence
 
 from .dataset import PreparedDoc
-from .text import normalize
+from .text import already_normalized
 
 
 def mention_pools(docs: Sequence[PreparedDoc], labels: Sequence[str] = ("PER", "LOC"), min_len: int = 2) -> dict[str, list[str]]:
@@ -32,7 +32,7 @@ def swap_mentions(doc: PreparedDoc, pools: dict[str, list[str]], rng: random.Ran
         pos = e
     pieces.append(text[pos:])
     new_text = "".join(pieces)
-    return PreparedDoc(f"{doc.doc_id}#{suffix}", normalize(new_text, simplified=False), spans)
+    return PreparedDoc(f"{doc.doc_id}#{suffix}", already_normalized(new_text), spans)
 
 
 def mention_swap_docs(docs: Sequence[PreparedDoc], pools: dict[str, list[str]], copies: int, seed: int) -> list[PreparedDoc]:

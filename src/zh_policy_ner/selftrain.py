@@ -12,7 +12,7 @@ from typing import Any
 from .corpus import RawDoc, iter_documents
 from .dataset import PreparedDoc, build_windows, to_dataset
 from .inference import Predictor
-from .text import normalize
+from .text import already_normalized
 
 
 def unlabelled_texts(st: Any) -> list[str]:
@@ -30,6 +30,6 @@ def pseudo_labelled(model, tokenizer, cfg: Any, label_names: list[str]):
     docs = []
     for k, pred in enumerate(predictor.predict(unlabelled_texts(st))):
         spans = [(s, e, lab) for (s, e, lab), sp in zip(pred.norm_spans, pred.spans) if (sp.score or 0) >= st.threshold]
-        docs.append(PreparedDoc(f"pseudo-{k}", normalize(pred.norm.text, simplified=False), spans))
+        docs.append(PreparedDoc(f"pseudo-{k}", already_normalized(pred.norm.text), spans))
     cols = build_windows(docs, tokenizer, label_names, cfg.data.max_length, cfg.data.stride)
     return to_dataset(cols)

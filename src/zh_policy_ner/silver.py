@@ -18,7 +18,7 @@ from typing import Any
 from .baselines import make_baseline
 from .corpus import RawDoc, inews_texts, iter_documents
 from .dataset import PreparedDoc
-from .text import normalize
+from .text import already_normalized, normalize
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def silver_docs(scfg: Any, seed: int, cache_dir: Path) -> list[PreparedDoc]:
         rows = [{"text": t, "spans": tagger.tag(t)} for t in texts]
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    return [PreparedDoc(f"silver-{i}", normalize(r["text"], simplified=False), [tuple(s) for s in r["spans"]])
+    return [PreparedDoc(f"silver-{i}", already_normalized(r["text"]), [tuple(s) for s in r["spans"]])
             for i, r in enumerate(rows)]
 
 

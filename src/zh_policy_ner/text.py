@@ -201,3 +201,9 @@ def normalize(raw: str, simplified: bool = True) -> Normalized:
     if simplified:
         text = to_simplified(text)
     return Normalized(raw=raw, text=text, offsets=tuple(keep))
+
+
+def already_normalized(text: str) -> Normalized:
+    """Wrap text that is already normalised (identity offsets); normalising twice is not idempotent
+    in edge cases (a removal can create a new gloss-like pattern), so derived texts use this."""
+    return Normalized(raw=text, text=text, offsets=tuple(range(len(text))))
