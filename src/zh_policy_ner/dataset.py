@@ -216,11 +216,16 @@ def summary_table(manifest: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def load_prepared(cfg: Any, tokenizer) -> PreparedData:
-    """Annotations (validated) -> prepared datasets, split as ``data.heldout`` / ``data.dev`` say."""
+def load_docs(cfg: Any) -> list[AnnotatedDoc]:
+    """The validated annotated documents the ``data`` config names (raises listing every error)."""
     from .annotations import load_annotations
 
-    docs, _ = load_annotations(cfg.data.annotations, root=cfg.data.source_root, labels=cfg.data.labels)
+    return load_annotations(cfg.data.annotations, root=cfg.data.source_root, labels=cfg.data.labels)[0]
+
+
+def load_prepared(cfg: Any, tokenizer, docs: Sequence[AnnotatedDoc] | None = None) -> PreparedData:
+    """Annotations (validated) -> prepared datasets, split as ``data.heldout`` / ``data.dev`` say."""
+    docs = load_docs(cfg) if docs is None else docs
     splits = split_docs([d.doc_id for d in docs], cfg.data.heldout, cfg.data.dev)
     return prepare_docs(docs, tokenizer, splits, bio_label_names(cfg.data.labels), cfg.data.max_length, cfg.data.stride)
 
@@ -233,13 +238,11 @@ def prepare(cfg: Any, tokenizer=None) -> tuple[PreparedData, Path]:
 
     datasets.disable_progress_bars()
     tokenizer = tokenizer or load_tokenizer(cfg.model.name_or_path)
-    data = load_prepared(cfg, tokenizer)
+    docs = load_docs(cfg)
+    data = load_prepared(cfg, tokenizer, docs)
     out = Path(cfg.data.output_dir)
     _save(data, out)
     if cfg.data.loao_folds:  # one train/heldout pair per article, as scripts/evaluate.py uses them
-        from .annotations import load_annotations
-
-        docs, _ = load_annotations(cfg.data.annotations, root=cfg.data.source_root, labels=cfg.data.labels)
         for train_ids, test_id in leave_one_out([d.doc_id for d in docs]):
             fold = prepare_docs(docs, tokenizer, {"train": train_ids, "heldout": [test_id]},
                                 bio_label_names(cfg.data.labels), cfg.data.max_length, cfg.data.stride)

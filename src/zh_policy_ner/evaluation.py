@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .baselines import make_baseline
-from .dataset import PreparedDoc, bio_label_names, leave_one_out, prepare_docs, split_docs
+from .dataset import PreparedDoc, bio_label_names, leave_one_out, load_docs, prepare_docs, split_docs
 from .metrics import entity_scores, error_cases, mean_sd, scores_table, write_error_report
 
 log = logging.getLogger(__name__)
@@ -31,12 +31,11 @@ def _baseline_preds(names, train_docs, test_docs) -> dict[str, list[list]]:
 
 def cross_validate(cfg: Any) -> dict[str, Any]:
     """Leave-one-article-out: train on the others, score the held-out article, for each fold."""
-    from .annotations import load_annotations
     from .modeling import load_tokenizer
     from .training import train_on
 
     out = Path(cfg.eval.output_dir)
-    docs, _ = load_annotations(cfg.data.annotations, root=cfg.data.source_root, labels=cfg.data.labels)
+    docs = load_docs(cfg)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     ids = [d.doc_id for d in docs]
     per_system: dict[str, list[tuple[PreparedDoc, list]]] = {}
@@ -61,13 +60,12 @@ def cross_validate(cfg: Any) -> dict[str, Any]:
 
 def evaluate_heldout(cfg: Any) -> dict[str, Any]:
     """Score a trained model folder (``eval.model_dir``) on ``data.heldout`` articles."""
-    from .annotations import load_annotations
     from .inference import Predictor
 
     if not cfg.data.heldout:
         raise ValueError("eval.mode=heldout needs data.heldout=[doc_id,...]")
     out = Path(cfg.eval.output_dir)
-    docs, _ = load_annotations(cfg.data.annotations, root=cfg.data.source_root, labels=cfg.data.labels)
+    docs = load_docs(cfg)
     predictor = Predictor.from_pretrained(cfg.eval.model_dir, max_length=cfg.data.max_length, stride=cfg.data.stride)
     splits = split_docs([d.doc_id for d in docs], cfg.data.heldout, cfg.data.dev)
     data = prepare_docs(docs, predictor.tokenizer, splits, bio_label_names(cfg.data.labels), cfg.data.max_length, cfg.data.stride)
