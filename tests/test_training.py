@@ -1,10 +1,17 @@
 import json
 
+import numpy as np
 import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
 from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
-from zh_policy_ner.inference import Predictor, char_tags_from_tokens
-from zh_policy_ner.training import train
+from zh_policy_ner.dataset import bio_label_names
+from zh_policy_ner.inference import Predictor, allowed_transitions, char_tags_from_tokens, viterbi_bio
+from zh_policy_ner.silver import silver_docs
+from zh_policy_ner.training import build_model, train
 
 from .conftest import SEED_IDS, compose
 
@@ -70,15 +77,63 @@ def test_char_tags_from_multichar_tokens_and_gaps():
     assert char_tags_from_tokens(3, [(0, 1), (2, 3)], ["B-PER", "I-PER"]) == ["B-PER", "I-PER", "I-PER"]
 
 
+LABELS = bio_label_names()  # O, B-PER, I-PER, B-LOC, I-LOC, B-POLICY, I-POLICY
+
+
+def test_viterbi_joins_fragments_that_argmax_splits():
+    # 谭作钧: argmax says B-PER, O, I-PER (two broken pieces); the best valid sequence is one name
+    probs = np.full((4, 7), 0.01)
+    probs[0, 1], probs[1, 0], probs[1, 2], probs[2, 2], probs[3, 0] = 0.9, 0.5, 0.4, 0.9, 0.9
+    assert [LABELS[i] for i in probs.argmax(1)] == ["B-PER", "O", "I-PER", "O"]
+    assert [LABELS[i] for i in viterbi_bio(probs, LABELS)] == ["B-PER", "I-PER", "I-PER", "O"]
+    # an I-POLICY after a B-LOC cannot continue it: the type switches with a new B
+    probs = np.full((2, 7), 0.01)
+    probs[0, 3], probs[1, 6], probs[1, 5] = 0.9, 0.6, 0.3
+    assert [LABELS[i] for i in viterbi_bio(probs, LABELS)] == ["B-LOC", "B-POLICY"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 30), st.integers(0, 10_000))
+def test_viterbi_output_is_always_valid_bio(n, seed):
+    probs = np.random.default_rng(seed).dirichlet(np.ones(7), size=n)
+    path = viterbi_bio(probs, LABELS)
+    ok = allowed_transitions(LABELS)
+    assert len(path) == n and not LABELS[path[0]].startswith("I-")
+    assert all(ok[a, b] for a, b in zip(path, path[1:]))
+
+
 def test_silver_pass_and_mention_swap(tiny_model_dir, tmp_path):
     cfg = tiny_train_cfg(tiny_model_dir, tmp_path / "m", "train.max_steps=2", "train.silver.enabled=true",
                          "train.silver.tagger=jieba", "train.silver.news_articles=3", "train.silver.scraped=null",
-                         f"train.silver.cache_dir={tmp_path / 'silver'}", "train.mention_swap.copies=1")
+                         f"train.silver.cache_dir={tmp_path / 'silver'}", "train.silver.workers=1",
+                         "train.mention_swap.copies=1")
     result = train(cfg)
     assert result.metrics["silver_start"].startswith(str(tmp_path / "silver"))
-    assert list((tmp_path / "silver").glob("silver-jieba-*.json"))
+    silver_head = AutoModelForTokenClassification.from_pretrained(result.metrics["silver_start"])
+    assert list(silver_head.config.id2label.values()) == ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    gold = build_model(result.metrics["silver_start"], bio_label_names(), cfg.train)
+    assert torch.equal(gold.classifier.weight[:5], silver_head.classifier.weight)  # O, PER, LOC rows kept
+    assert not torch.equal(gold.classifier.weight[5], gold.classifier.weight[0])   # POLICY rows fresh
+    tags = tmp_path / "silver" / "tags-jieba.jsonl"
+    assert len(tags.read_text().splitlines()) == 3
+    # tags are cached per text: a torn last line is redone, a larger corpus tags only the new text
+    tags.write_text(tags.read_text()[:-5])
+    docs = silver_docs(cfg.train.silver, cfg.seed, tmp_path / "silver")
+    assert len(docs) == 3 and len(tags.read_text().splitlines()) == 3 and any(d.spans for d in docs)
+    more = OmegaConf.merge(cfg.train.silver, {"news_articles": 4})
+    assert len(silver_docs(more, cfg.seed, tmp_path / "silver")) == 4
+    assert len(tags.read_text().splitlines()) == 4
     base = train(tiny_train_cfg(tiny_model_dir, tmp_path / "b", "train.max_steps=1", "train.resume=false"))
     assert result.metrics["train_windows"] > base.metrics["train_windows"]  # swapped copies were added
+    # silver replay: half as many silver windows as gold ones join the gold pass, their O labels ignored
+    replay = train(OmegaConf.merge(cfg, {"train": {"mention_swap": {"copies": 0}, "silver": {"replay": 0.5},
+                                                  "output_dir": str(tmp_path / "r")}}))
+    assert replay.metrics["train_windows"] == base.metrics["train_windows"] + round(0.5 * base.metrics["train_windows"])
+    from zh_policy_ner.silver import silver_replay
+
+    labels = silver_replay(cfg, AutoTokenizer.from_pretrained(tiny_model_dir), bio_label_names(), 10_000)["labels"]
+    assert 0 not in {y for row in labels for y in row}  # no O label left
+    assert {y for row in labels for y in row} - {-100}  # but PER/LOC labels are
 
 
 def test_swap_mentions_keeps_spans_aligned():

@@ -5,13 +5,17 @@
 - ``thulac``: THULAC's POS tagger (model shipped in the PyPI package; research-use licence,
   see http://thulac.thunlp.org), ``np`` -> PER, ``ns`` -> LOC.
 
-All work on normalised (simplified) text and return spans in its coordinates.
+All work on normalised (simplified) text and return spans in its coordinates. The dictionary of a
+training run is also saved with the model (``gazetteer.json``); :func:`overlay` lays its matches
+over the model's spans (``infer.gazetteer``, the ``model+gazetteer`` row of the evaluation).
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from pathlib import Path
 
 from .dataset import NormSpan
 
@@ -54,6 +58,13 @@ class DictionaryTagger:
                 votes.setdefault(d.norm.text[s:e], Counter())[lab] += 1
         return cls({m: c.most_common(1)[0][0] for m, c in votes.items()})
 
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.mentions, ensure_ascii=False, indent=0, sort_keys=True), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> "DictionaryTagger":
+        return cls(json.loads(path.read_text(encoding="utf-8")))
+
     def tag(self, text: str) -> list[NormSpan]:
         spans, i = [], 0
         while i < len(text):
@@ -66,6 +77,12 @@ class DictionaryTagger:
             else:
                 i += 1
         return spans
+
+
+def overlay(base: Sequence[NormSpan], over: Sequence[NormSpan]) -> list[NormSpan]:
+    """``over``'s spans, plus those of ``base`` that overlap none of them (sorted)."""
+    kept = [b for b in base if all(b[1] <= s or b[0] >= e for s, e, _ in over)]
+    return sorted([*kept, *over])
 
 
 class JiebaTagger:

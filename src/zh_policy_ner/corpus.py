@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .text import DecodeError, decode_bytes
+
+log = logging.getLogger(__name__)
 
 TEXT_SUFFIXES = (".txt", ".text")
 HTML_SUFFIXES = (".html", ".htm", ".shtml", ".xhtml")
@@ -115,6 +118,21 @@ def iter_documents(path: str | Path) -> Iterator[RawDoc | DocError]:
     root = Path(path)
     for file in iter_paths(root):
         yield from _read_file(file, root)
+
+
+def read_appended_jsonl(path: Path) -> list[dict]:
+    """Records of a JSONL file that a run appends to line by line. A torn last line (no newline,
+    left by an interrupted run) is cut off the file, so that the next append starts clean."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        log.warning("%s: dropping an incomplete last line left by an interrupted run", path)
+        with path.open("r+b") as f:
+            f.truncate(cut)
+        data = data[:cut]
+    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
 
 
 def inews_texts() -> list[str]:

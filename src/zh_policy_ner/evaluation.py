@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .baselines import make_baseline
+from .baselines import DictionaryTagger, make_baseline, overlay
 from .dataset import PreparedDoc, bio_label_names, leave_one_out, load_docs, prepare_docs, split_docs
 from .metrics import entity_scores, error_cases, mean_sd, scores_table, write_error_report
 
 log = logging.getLogger(__name__)
 MODEL = "model"
+GAZ = "model+gazetteer"  # the model's spans with the training mentions laid over them
 
 
 def _pooled(pairs: list[tuple[PreparedDoc, list]]) -> dict:
@@ -48,8 +49,10 @@ def cross_validate(cfg: Any) -> dict[str, Any]:
                             bio_label_names(cfg.data.labels), cfg.data.max_length, cfg.data.stride)
         result = train_on(data, cfg, out / "folds" / test_id, tokenizer)
         test_doc = data.docs[test_id]
+        train_docs = [data.docs[i] for i in train_ids]
         preds = {MODEL: [result.predictions[test_id].norm_spans]}
-        preds.update(_baseline_preds(cfg.eval.baselines, [data.docs[i] for i in train_ids], [test_doc]))
+        preds[GAZ] = [overlay(preds[MODEL][0], DictionaryTagger.from_docs(train_docs).tag(test_doc.norm.text))]
+        preds.update(_baseline_preds(cfg.eval.baselines, train_docs, [test_doc]))
         for name, p in preds.items():
             per_system.setdefault(name, []).append((test_doc, p[0]))
             fold_scores.setdefault(name, []).append(entity_scores([test_doc.spans], p, [len(test_doc.norm.text)]))
@@ -60,18 +63,23 @@ def cross_validate(cfg: Any) -> dict[str, Any]:
 
 def evaluate_heldout(cfg: Any) -> dict[str, Any]:
     """Score a trained model folder (``eval.model_dir``) on ``data.heldout`` articles."""
-    from .inference import Predictor
+    from .inference import GAZETTEER_FILE, Predictor
 
     if not cfg.data.heldout:
         raise ValueError("eval.mode=heldout needs data.heldout=[doc_id,...]")
     out = Path(cfg.eval.output_dir)
     docs = load_docs(cfg)
-    predictor = Predictor.from_pretrained(cfg.eval.model_dir, max_length=cfg.data.max_length, stride=cfg.data.stride)
+    predictor = Predictor.from_pretrained(cfg.eval.model_dir, max_length=cfg.data.max_length, stride=cfg.data.stride,
+                                          decode=cfg.infer.decode)
     splits = split_docs([d.doc_id for d in docs], cfg.data.heldout, cfg.data.dev)
     data = prepare_docs(docs, predictor.tokenizer, splits, bio_label_names(cfg.data.labels), cfg.data.max_length, cfg.data.stride)
     test_docs = [data.docs[i] for i in splits["heldout"]]
     t0 = time.time()
     preds = {MODEL: [p.norm_spans for p in predictor.predict_norm([d.norm for d in test_docs])]}
+    gaz = Path(cfg.eval.model_dir) / GAZETTEER_FILE
+    if gaz.exists():
+        tagger = DictionaryTagger.load(gaz)
+        preds[GAZ] = [overlay(p, tagger.tag(d.norm.text)) for p, d in zip(preds[MODEL], test_docs)]
     preds.update(_baseline_preds(cfg.eval.baselines, [data.docs[i] for i in splits["train"]], test_docs))
     per_system = {n: list(zip(test_docs, p)) for n, p in preds.items()}
     fold_scores = {n: [entity_scores([d.spans], [q], [len(d.norm.text)]) for d, q in zip(test_docs, p)] for n, p in preds.items()}
@@ -98,7 +106,9 @@ def _report(cfg, out: Path, per_system, fold_scores, errors, mode: str, seconds:
     for name, s in spread.items():
         md.append(f"| {name} | " + " | ".join(f"{s[c]['f1_mean']:.2f} ± {s[c]['f1_sd']:.2f}" if c in s else "–"
                                               for c in [*labels, "micro"]) + " |")
-    md += ["", "Baselines have no POLICY label. THULAC is under a research-use licence.", ""]
+    md += ["", f"`{GAZ}`: the model's spans with the training mentions (`gazetteer.json`, the dictionary "
+           "baseline's list) laid over them, as `infer.gazetteer=true` predicts. Baselines have no POLICY label. "
+           "THULAC is under a research-use licence.", ""]
     (out / "results.md").write_text("\n".join(md), encoding="utf-8")
     write_error_report(errors, out, title=f"Model errors ({mode})")
     return results

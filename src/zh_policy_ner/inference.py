@@ -13,8 +13,12 @@ import numpy as np
 import torch
 
 from .annotations import Span
+from .baselines import overlay
 from .dataset import encode_windows, tags_to_spans
 from .text import Normalized, normalize
+
+
+GAZETTEER_FILE = "gazetteer.json"
 
 
 def char_tags_from_tokens(length: int, offsets: Sequence[tuple[int, int]], token_tags: Sequence[str]) -> list[str]:
@@ -39,6 +43,80 @@ def char_tags_from_tokens(length: int, offsets: Sequence[tuple[int, int]], token
     return tags
 
 
+def allowed_transitions(labels: Sequence[str]) -> np.ndarray:
+    """``[i, j]`` is True where tag ``labels[j]`` may follow ``labels[i]`` in BIO (I-X only after B-X or I-X)."""
+    ok = np.ones((len(labels), len(labels)), dtype=bool)
+    for j, b in enumerate(labels):
+        if b.startswith("I-"):
+            ok[:, j] = [a in (f"B-{b[2:]}", b) for a in labels]
+    return ok
+
+
+def viterbi_bio(probs: np.ndarray, labels: Sequence[str]) -> list[int]:
+    """Most probable valid BIO tag sequence (product of per-token probabilities, no I-X without a B-X
+    before it): argmax decoding's fragments such as B-PER O I-PER become one span or none."""
+    return decode_bio([probs], labels)[0].tolist()
+
+
+def decode_bio(seqs: Sequence[np.ndarray], labels: Sequence[str]) -> list[np.ndarray]:
+    """:func:`viterbi_bio` for many sequences at once. Where the argmax sequence is already valid BIO
+    it is the optimum and is kept; the others are decoded together, padded with forced ``O``."""
+    ok = allowed_transitions(labels)
+    may_start = np.array([not lab.startswith("I-") for lab in labels])
+    out: list[np.ndarray | None] = [None] * len(seqs)
+    hard = []
+    for k, p in enumerate(seqs):
+        a = p.argmax(1) if len(p) else np.zeros(0, dtype=np.int64)
+        if len(a) == 0 or (may_start[a[0]] and ok[a[:-1], a[1:]].all()):
+            out[k] = a
+        else:
+            hard.append(k)
+    if hard:
+        n_lab, width = len(labels), max(len(seqs[k]) for k in hard)
+        logp = np.full((len(hard), width, n_lab), -1e9)
+        logp[:, :, labels.index("O")] = 0.0  # padding: O, which may follow anything
+        for r, k in enumerate(hard):
+            logp[r, : len(seqs[k])] = np.log(np.clip(seqs[k], 1e-12, None))
+        trans = np.where(ok, 0.0, -1e9)
+        score = np.where(may_start, 0.0, -1e9) + logp[:, 0]
+        back = np.zeros((len(hard), width, n_lab), dtype=np.int64)
+        for t in range(1, width):
+            cand = score[:, :, None] + trans  # [seq, previous, next]
+            back[:, t] = cand.argmax(1)
+            score = np.take_along_axis(cand, back[:, t][:, None, :], 1)[:, 0] + logp[:, t]
+        path = np.zeros((len(hard), width), dtype=np.int64)
+        path[:, -1] = score.argmax(1)
+        rows = np.arange(len(hard))
+        for t in range(width - 1, 0, -1):
+            path[:, t - 1] = back[rows, t, path[:, t]]
+        for r, k in enumerate(hard):
+            out[k] = path[r, : len(seqs[k])]
+    return out  # type: ignore[return-value]
+
+
+def merge_windows(n_docs: int, window_doc: Sequence[int], window_offsets: Sequence, window_probs: Sequence[np.ndarray]
+                  ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per document: sorted token start characters, their end characters, and the token
+    probabilities averaged over the overlapping windows that saw them (special tokens dropped)."""
+    parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(n_docs)]
+    for d, offs, probs in zip(window_doc, window_offsets, window_probs):
+        offs = np.asarray(offs, dtype=np.int64).reshape(-1, 2)
+        keep = offs[:, 1] > offs[:, 0]
+        parts[d].append((offs[keep], probs[keep]))
+    out = []
+    n_lab = window_probs[0].shape[1] if len(window_probs) else 0
+    for d in range(n_docs):
+        if not parts[d]:
+            out.append((np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros((0, n_lab))))
+            continue
+        offs = np.concatenate([o for o, _ in parts[d]])
+        probs = np.concatenate([p for _, p in parts[d]])
+        starts, first, inv = np.unique(offs[:, 0], return_index=True, return_inverse=True)
+        sums = np.stack([np.bincount(inv, weights=probs[:, j], minlength=len(starts)) for j in range(n_lab)], 1)
+        out.append((starts, offs[first, 1], sums / np.bincount(inv, minlength=len(starts))[:, None]))
+    return out
+
+
 @dataclass
 class DocPrediction:
     """Predicted spans of one document in raw and normalised coordinates."""
@@ -52,8 +130,10 @@ class Predictor:
     """Wraps a token-classification model and its tokenizer for document-level span prediction."""
 
     def __init__(self, model, tokenizer, max_length: int = 256, stride: int = 64, batch_size: int = 32,
-                 device: str | None = None, precision: str = "auto"):
-        """``precision``: ``fp32``; ``bf16`` (autocast); ``int8`` (dynamic quantisation of the
+                 device: str | None = None, precision: str = "auto", decode: str = "viterbi", gazetteer=None):
+        """``decode``: ``viterbi`` (best valid BIO sequence) or ``argmax`` (per token). ``gazetteer``: a
+        :class:`~zh_policy_ner.baselines.DictionaryTagger` whose matches override overlapping model
+        spans (score ``None``). ``precision``: ``fp32``; ``bf16`` (autocast); ``int8`` (dynamic quantisation of the
         linear layers, CPU); ``auto`` = bf16 on GPUs and on CPUs with AMX/AVX512-BF16, else fp32."""
         from .modeling import use_bf16
 
@@ -68,6 +148,10 @@ class Predictor:
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         elif precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or int8, got {precision!r}")
+        if decode not in ("viterbi", "argmax"):
+            raise ValueError(f"decode must be viterbi or argmax, got {decode!r}")
+        self.decode = decode
+        self.gazetteer = gazetteer
         self.precision = precision
         self.model = model
         self.dtype = torch.bfloat16 if precision == "bf16" else None
@@ -76,14 +160,25 @@ class Predictor:
         self.stride = stride if stride < self.max_length - 2 else (self.max_length - 2) // 4
         self.batch_size = batch_size
         self.id2label = {int(k): v for k, v in model.config.id2label.items()}
+        self.labels = [self.id2label[i] for i in range(len(self.id2label))]
 
     @classmethod
-    def from_pretrained(cls, model_dir: str, **kwargs) -> "Predictor":
+    def from_pretrained(cls, model_dir: str, gazetteer: bool = False, **kwargs) -> "Predictor":
+        """Load a trained folder; ``gazetteer=True`` also loads its ``gazetteer.json`` (the training
+        mentions written by the train stage) and fails if there is none."""
+        from pathlib import Path
+
         from transformers import AutoModelForTokenClassification
 
+        from .baselines import DictionaryTagger
         from .modeling import load_tokenizer, resolve_model_path
 
         path = resolve_model_path(model_dir)
+        if gazetteer:
+            gaz = Path(path) / GAZETTEER_FILE
+            if not gaz.exists():
+                raise FileNotFoundError(f"{gaz} not found: train the model with this version or set infer.gazetteer=false")
+            kwargs["gazetteer"] = DictionaryTagger.load(gaz)
         return cls(AutoModelForTokenClassification.from_pretrained(path), load_tokenizer(path), **kwargs)
 
     @torch.inference_mode()
@@ -112,30 +207,23 @@ class Predictor:
             return []
         enc = encode_windows(self.tokenizer, [n.text for n in norms], self.max_length, self.stride)
         probs = self._window_probs(enc["input_ids"])
-        n_labels = len(self.id2label)
-        # Merge overlapping windows per document by averaging token probabilities per character start.
-        acc = [dict() for _ in norms]  # char start -> [sum probs, count, end]
-        for w, d in enumerate(enc["overflow_to_sample_mapping"]):
-            for (s, e), p in zip(enc["offset_mapping"][w], probs[w]):
-                if e <= s:
-                    continue
-                slot = acc[d].setdefault(s, [np.zeros(n_labels), 0, e])
-                slot[0] += p
-                slot[1] += 1
+        merged = merge_windows(len(norms), enc["overflow_to_sample_mapping"], enc["offset_mapping"], probs)
+        means = [m for _, _, m in merged]
+        paths = decode_bio(means, self.labels) if self.decode == "viterbi" else [m.argmax(1) for m in means]
         results = []
-        for d, norm in enumerate(norms):
-            starts = sorted(acc[d])
-            offsets = [(s, acc[d][s][2]) for s in starts]
-            mean = [acc[d][s][0] / acc[d][s][1] for s in starts]
-            token_tags = [self.id2label[int(m.argmax())] for m in mean]
-            conf = {s: float(m.max()) for s, m in zip(starts, mean)}
+        for norm, (starts, ends, mean), ids in zip(norms, merged, paths):
+            offsets = list(zip(starts.tolist(), ends.tolist()))
+            token_tags = [self.labels[i] for i in ids]
+            conf = mean[np.arange(len(ids)), ids]
             tags = char_tags_from_tokens(len(norm.text), offsets, token_tags)
             norm_spans = tags_to_spans(tags)
+            if self.gazetteer is not None:
+                norm_spans = overlay(norm_spans, self.gazetteer.tag(norm.text))
             spans = []
             for s, e, lab in norm_spans:
                 rs, re_ = norm.to_raw_span(s, e)
-                scores = [conf[i] for i in range(s, e) if i in conf]
-                spans.append(Span(rs, re_, lab, norm.raw[rs:re_], round(float(np.mean(scores)), 4) if scores else None))
+                scores = conf[np.searchsorted(starts, s) : np.searchsorted(starts, e)]
+                spans.append(Span(rs, re_, lab, norm.raw[rs:re_], round(float(scores.mean()), 4) if len(scores) else None))
             results.append(DocPrediction(norm, spans, norm_spans))
         return results
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .corpus import DocError, RawDoc, iter_documents
+from .corpus import DocError, RawDoc, iter_documents, read_appended_jsonl
 from .inference import Predictor
 
 log = logging.getLogger(__name__)
@@ -27,20 +27,7 @@ log = logging.getLogger(__name__)
 
 def done_ids(output: Path) -> set[str]:
     """doc_ids already written to ``output``; a torn last line (no newline) is cut off first."""
-    if not output.exists():
-        return set()
-    data = output.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        log.warning("%s: dropping an incomplete last line left by an interrupted run", output)
-        with output.open("r+b") as f:
-            f.truncate(cut)
-        data = data[:cut]
-    ids = set()
-    for line in data.decode("utf-8").splitlines():
-        if line.strip():
-            ids.add(json.loads(line)["doc_id"])
-    return ids
+    return {r["doc_id"] for r in read_appended_jsonl(output)}
 
 
 def batched(items: Iterator, size: int) -> Iterator[list]:
@@ -208,7 +195,8 @@ def run_predict(cfg: Any) -> PredictSummary:
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     predictor = Predictor.from_pretrained(cfg.infer.model_dir, max_length=cfg.infer.max_length,
                                           stride=cfg.infer.stride, batch_size=cfg.infer.batch_size,
-                                          precision=cfg.infer.precision, device=device)
+                                          precision=cfg.infer.precision, decode=cfg.infer.decode, gazetteer=cfg.infer.gazetteer,
+                                          device=device)
     summary = predict_files(predictor, cfg.infer.input, output, shard=(rank, world), progress=rank == 0)
     if cfg.infer.reports and world == 1:
         summary.extras = write_reports(summary.output, cfg.infer.input, cfg.infer.html_max_docs)

@@ -12,24 +12,32 @@ import hashlib
 import json
 import logging
 import random
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from .baselines import make_baseline
-from .corpus import RawDoc, inews_texts, iter_documents
+from .corpus import RawDoc, inews_texts, iter_documents, read_appended_jsonl
 from .dataset import PreparedDoc
 from .text import already_normalized, normalize
 
 log = logging.getLogger(__name__)
 
+SILVER_LABELS = ("PER", "LOC")  # what the taggers label
 DOMAIN_WORDS = ("会议", "书记", "市长", "疫情", "防控", "政府", "部署", "县委", "市委")
+
+
+@lru_cache(maxsize=1)
+def _domain_news() -> tuple[str, ...]:
+    """Normalised iNews articles with at least two government-meeting words."""
+    return tuple(t for t in (normalize(x).text for x in inews_texts()) if sum(w in t for w in DOMAIN_WORDS) >= 2)
 
 
 def silver_texts(scfg: Any, seed: int) -> list[str]:
     """Normalised unlabelled texts: government-like news articles and (if present) scraped reports."""
     texts = []
     if scfg.news_articles:
-        news = [t for t in (normalize(x).text for x in inews_texts()) if sum(w in t for w in DOMAIN_WORDS) >= 2]
+        news = list(_domain_news())
         random.Random(seed).shuffle(news)
         texts += news[: scfg.news_articles]
     if scfg.scraped and Path(scfg.scraped).is_dir():
@@ -37,45 +45,89 @@ def silver_texts(scfg: Any, seed: int) -> list[str]:
     return [t[: scfg.max_chars_per_text] for t in texts if t.strip()]
 
 
-def silver_key(scfg: Any, model_name: str, seed: int) -> str:
-    blob = json.dumps({"tagger": scfg.tagger, "news": scfg.news_articles, "scraped": str(scfg.scraped),
-                       "max_chars": scfg.max_chars_per_text, "seed": seed, "model": str(model_name),
-                       "epochs": scfg.epochs, "lr": scfg.lr}, sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+def silver_model_key(cfg: Any) -> str:
+    """Cache key of the silver-stage model: everything that shapes it (paths resolved)."""
+    scfg = cfg.train.silver
+    model = Path(cfg.model.name_or_path)
+    keys = {"tagger": scfg.tagger, "news": scfg.news_articles, "max_chars": scfg.max_chars_per_text,
+            "scraped": str(Path(scfg.scraped).resolve()) if scfg.scraped else None, "seed": cfg.seed,
+            "model": str(model.resolve()) if model.exists() else str(model), "epochs": scfg.epochs, "lr": scfg.lr,
+            "dropout": [cfg.train.hidden_dropout, cfg.train.attention_dropout], "max_length": cfg.data.max_length,
+            "labels": SILVER_LABELS}
+    return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _text_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def _tag_one(args: tuple[str, str]) -> list:
+    name, text = args
+    return make_baseline(name).tag(text)
 
 
 def silver_docs(scfg: Any, seed: int, cache_dir: Path) -> list[PreparedDoc]:
-    """Tagged silver documents (normalised coordinates), cached as JSON under ``cache_dir``."""
-    cache = cache_dir / f"silver-{scfg.tagger}-{silver_key(scfg, '', seed)}.json"
-    if cache.exists():
-        rows = json.loads(cache.read_text(encoding="utf-8"))
-    else:
-        tagger = make_baseline(scfg.tagger)
-        texts = silver_texts(scfg, seed)
-        log.info("silver: tagging %d texts (%d characters) with %s", len(texts), sum(map(len, texts)), scfg.tagger)
-        rows = [{"text": t, "spans": tagger.tag(t)} for t in texts]
+    """Tagged silver documents (normalised coordinates). Tags are cached per text in
+    ``cache_dir/tags-<tagger>.jsonl`` (appended as they come, so an interrupted or enlarged run
+    only tags what is new); ``scfg.workers`` processes tag in parallel."""
+    texts = silver_texts(scfg, seed)
+    cache = cache_dir / f"tags-{scfg.tagger}.jsonl"
+    known = {row["key"]: row["spans"] for row in read_appended_jsonl(cache)}
+    todo = list({_text_key(t): t for t in texts if _text_key(t) not in known}.items())
+    if todo:
+        from concurrent.futures import ProcessPoolExecutor
+
+        from tqdm import tqdm
+
+        log.info("silver: tagging %d new texts (%d characters) with %s, %d cached", len(todo),
+                 sum(len(t) for _, t in todo), scfg.tagger, len(known))
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    return [PreparedDoc(f"silver-{i}", already_normalized(r["text"]), [tuple(s) for s in r["spans"]])
-            for i, r in enumerate(rows)]
+        jobs = [(scfg.tagger, t) for _, t in todo]
+        with ProcessPoolExecutor(max(1, scfg.workers)) as pool, cache.open("a", encoding="utf-8") as f:
+            for (key, _), spans in tqdm(zip(todo, pool.map(_tag_one, jobs)), total=len(todo), desc="silver tags"):
+                known[key] = spans
+                f.write(json.dumps({"key": key, "spans": spans}) + "\n")
+                f.flush()
+    return [PreparedDoc(f"silver-{i}", already_normalized(t), [tuple(s) for s in known[_text_key(t)]])
+            for i, t in enumerate(texts)]
 
 
-def silver_model(cfg: Any, tokenizer, label_names: list[str]) -> str:
-    """Path of the encoder after the silver pass (trained once per silver config, then reused)."""
+def silver_model(cfg: Any, tokenizer) -> str:
+    """Path of the encoder after the silver pass (trained once per silver config, then reused).
+    Its head knows only O and PER/LOC, so the silver text's ``O`` on measures never teaches
+    "not POLICY"; the gold pass keeps these rows and starts the POLICY rows fresh."""
     from omegaconf import OmegaConf
 
-    from .dataset import build_windows, to_dataset
+    from .dataset import bio_label_names, build_windows, to_dataset
     from .training import build_model, fit
 
     scfg = cfg.train.silver
     root = Path(scfg.cache_dir)
-    out = root / f"model-{silver_key(scfg, cfg.model.name_or_path, cfg.seed)}"
+    out = root / f"model-{silver_model_key(cfg)}"
     if (out / "config.json").exists():
         return str(out)
     docs = silver_docs(scfg, cfg.seed, root)
-    ds = to_dataset(build_windows(docs, tokenizer, label_names, cfg.data.max_length, cfg.data.stride))
+    labels = bio_label_names(SILVER_LABELS)
+    ds = to_dataset(build_windows(docs, tokenizer, labels, cfg.data.max_length, cfg.data.stride))
     tcfg = OmegaConf.merge(cfg.train, {"epochs": scfg.epochs, "lr": scfg.lr, "max_steps": -1, "resume": False})
     log.info("silver pass: %d windows from %d texts", len(ds), len(docs))
-    trainer = fit(build_model(cfg.model.name_or_path, label_names), tokenizer, ds, tcfg, out / "run")
+    trainer = fit(build_model(cfg.model.name_or_path, labels, cfg.train), tokenizer, ds, tcfg, out / "run")
     trainer.save_model(str(out))
     return str(out)
+
+
+def silver_replay(cfg: Any, tokenizer, label_names: list[str], n_windows: int):
+    """``n_windows`` random silver windows to mix into the gold pass (against forgetting the silver
+    pass). With ``replay_o: false`` their ``O`` labels are ignored by the loss: silver text is not
+    labelled for POLICY, so its ``O`` says nothing about measures."""
+    from .dataset import IGNORE_INDEX, build_windows, to_dataset
+
+    scfg = cfg.train.silver
+    docs = silver_docs(scfg, cfg.seed, Path(scfg.cache_dir))
+    cols = build_windows(docs, tokenizer, label_names, cfg.data.max_length, cfg.data.stride)
+    pick = sorted(random.Random(cfg.seed).sample(range(len(cols["input_ids"])), min(n_windows, len(cols["input_ids"]))))
+    cols = {k: [v[i] for i in pick] for k, v in cols.items()}
+    if not scfg.replay_o:
+        o = label_names.index("O")
+        cols["labels"] = [[IGNORE_INDEX if y == o else y for y in row] for row in cols["labels"]]
+    return to_dataset(cols)

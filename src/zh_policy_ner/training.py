@@ -23,19 +23,48 @@ from .modeling import progress_callback, use_bf16
 log = logging.getLogger(__name__)
 
 
-def build_model(name_or_path: str, label_names: list[str]):
-    """A token-classification head on any encoder folder or hub name (head freshly initialised)."""
+def build_model(name_or_path: str, label_names: list[str], tcfg: Any = None):
+    """A token-classification head on any encoder folder or hub name (head freshly initialised);
+    ``tcfg`` (the train config) sets the dropout rates."""
     from transformers import AutoModelForTokenClassification
 
     from .modeling import resolve_model_path
 
-    return AutoModelForTokenClassification.from_pretrained(
-        resolve_model_path(name_or_path),
+    path = resolve_model_path(name_or_path)
+    model = AutoModelForTokenClassification.from_pretrained(
+        path,
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={n: i for i, n in enumerate(label_names)},
         ignore_mismatched_sizes=True,
+        **({} if tcfg is None else {"hidden_dropout_prob": tcfg.hidden_dropout,
+                                    "attention_probs_dropout_prob": tcfg.attention_dropout}),
     )
+    _carry_head_rows(model, path, label_names)
+    return model
+
+
+def _carry_head_rows(model, path: str, label_names: list[str]) -> None:
+    """Starting from a token classifier with other labels (the silver stage: O and PER/LOC only),
+    keep its trained rows for the labels both share; the other rows stay freshly initialised."""
+    from pathlib import Path as P
+
+    from safetensors.torch import load_file
+
+    src_cfg, weights = P(path) / "config.json", P(path) / "model.safetensors"
+    if not (src_cfg.exists() and weights.exists()):
+        return
+    src = json.loads(src_cfg.read_text())
+    src_labels = [src.get("id2label", {}).get(str(i)) for i in range(len(src.get("id2label", {})))]
+    if src.get("architectures", [""])[0].endswith("ForTokenClassification") and src_labels != label_names:
+        state = load_file(str(weights))
+        head = model.classifier
+        with torch.no_grad():
+            for j, lab in enumerate(label_names):
+                if lab in src_labels and "classifier.weight" in state:
+                    i = src_labels.index(lab)
+                    head.weight[j] = state["classifier.weight"][i].to(head.weight.dtype)
+                    head.bias[j] = state["classifier.bias"][i].to(head.bias.dtype)
 
 
 def fit(model, tokenizer, train_ds, tcfg: Any, output_dir: Path, dev_ds=None):
@@ -110,18 +139,17 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
     """Fine-tune on ``data``'s train split, save the model folder, score the held-out split."""
     from omegaconf import OmegaConf
 
-    from .inference import Predictor
+    from .baselines import DictionaryTagger
+    from .inference import GAZETTEER_FILE, Predictor
 
     t0 = time.time()
     label_names = data.manifest["label_names"]
     start = cfg.model.name_or_path
-    silver_docs_: list[PreparedDoc] = []
     if cfg.train.silver.enabled:
-        from .silver import silver_docs, silver_model
+        from .silver import silver_model
 
-        start = silver_model(cfg, tokenizer, label_names)
-        silver_docs_ = silver_docs(cfg.train.silver, cfg.seed, Path(cfg.train.silver.cache_dir))
-    model = build_model(start, label_names)
+        start = silver_model(cfg, tokenizer)
+    model = build_model(start, label_names, cfg.train)
     tokenizer.model_max_length = min(cfg.data.max_length, model.config.max_position_embeddings)
     train_ds = data.datasets["train"]
     if cfg.train.mention_swap.copies > 0:
@@ -131,10 +159,22 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
         from .dataset import build_windows, to_dataset
 
         gold = [data.docs[i] for i in data.manifest["splits"]["train"]["doc_ids"]]
-        pools = mention_pools(gold + silver_docs_)
+        silver: list[PreparedDoc] = []
+        if cfg.train.silver.enabled:  # the silver mentions widen the pools of names and places
+            from .silver import silver_docs
+
+            silver = silver_docs(cfg.train.silver, cfg.seed, Path(cfg.train.silver.cache_dir))
+        pools = mention_pools(gold + silver)
         extra = mention_swap_docs(gold, pools, cfg.train.mention_swap.copies, cfg.seed)
         train_ds = concatenate_datasets([train_ds, to_dataset(build_windows(extra, tokenizer, label_names,
                                                                              cfg.data.max_length, cfg.data.stride))])
+    if cfg.train.silver.enabled and cfg.train.silver.replay > 0:
+        from datasets import concatenate_datasets
+
+        from .silver import silver_replay
+
+        n = round(cfg.train.silver.replay * len(data.datasets["train"]))
+        train_ds = concatenate_datasets([train_ds, silver_replay(cfg, tokenizer, label_names, n)])
     trainer = fit(model, tokenizer, train_ds, cfg.train, output_dir, data.datasets.get("dev"))
     st = cfg.train.self_training
     pseudo_windows = []
@@ -147,7 +187,7 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
         from datasets import concatenate_datasets
 
         train_ds = concatenate_datasets([train_ds, pseudo])
-        trainer = fit(build_model(start, label_names), tokenizer, train_ds,
+        trainer = fit(build_model(start, label_names, cfg.train), tokenizer, train_ds,
                       OmegaConf.merge(cfg.train, {"resume": False}), output_dir / f"self-training-{round_ + 1}",
                       data.datasets.get("dev"))
     trainer.save_model(str(output_dir))
@@ -162,10 +202,12 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
         "final_train_loss": next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None),
     }
     if "heldout" in data.datasets:
-        predictor = Predictor(trainer.model, tokenizer, cfg.data.max_length, cfg.data.stride)
+        predictor = Predictor(trainer.model, tokenizer, cfg.data.max_length, cfg.data.stride, decode=cfg.infer.decode)
         heldout_docs = [data.docs[i] for i in data.manifest["splits"]["heldout"]["doc_ids"]]
         metrics["heldout"], predictions = score_docs(predictor, heldout_docs)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+    gold = [data.docs[i] for i in data.manifest["splits"]["train"]["doc_ids"]]
+    DictionaryTagger.from_docs(gold).save(output_dir / GAZETTEER_FILE)
     (output_dir / "label_map.json").write_text(json.dumps(dict(enumerate(label_names)), indent=2), encoding="utf-8")
     (output_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
     (output_dir / "prepare_manifest.json").write_text(json.dumps(data.manifest, indent=2, ensure_ascii=False), encoding="utf-8")
