@@ -2,9 +2,9 @@
 import time
 
 import pytest
-from transformers import AutoModelForMaskedLM, AutoTokenizer
+from transformers import AutoModelForMaskedLM, AutoModelForTokenClassification, AutoTokenizer
 
-from zh_policy_ner.modeling import DEFAULT_MODEL_DIR, ModelNotAvailable, resolve_model_path
+from zh_policy_ner.modeling import DEFAULT_MODEL_DIR, MLM_MODEL_DIR, ModelNotAvailable, resolve_model_path
 from zh_policy_ner.text import normalize, read_text
 from zh_policy_ner.tokenization import unknown_rate
 
@@ -12,19 +12,24 @@ from .conftest import ROOT, compose
 
 
 def test_default_model_config_points_to_the_shipped_model():
-    assert compose().model.name_or_path == str(DEFAULT_MODEL_DIR)
-    assert compose().pretrain.export_dir == str(DEFAULT_MODEL_DIR)
+    cfg = compose()
+    assert cfg.model.name_or_path == str(DEFAULT_MODEL_DIR) == cfg.train.silver.export_dir
+    assert cfg.pretrain.export_dir == str(MLM_MODEL_DIR) == compose("model=embedded_mlm").model.name_or_path
 
 
 def test_shipped_model_loads_offline_small_and_covers_the_reports(seed_texts):
-    assert (DEFAULT_MODEL_DIR / "model.safetensors").exists(), "the embedded model must be committed"
-    size = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir())
+    assert (MLM_MODEL_DIR / "model.safetensors").exists(), "the embedded model must be committed"
+    size = sum(p.stat().st_size for p in [*MLM_MODEL_DIR.iterdir(), *DEFAULT_MODEL_DIR.iterdir()])
     assert size <= 25 * 1024 * 1024
-    model = AutoModelForMaskedLM.from_pretrained(DEFAULT_MODEL_DIR)
-    tok = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR)
+    model = AutoModelForMaskedLM.from_pretrained(MLM_MODEL_DIR)
+    tok = AutoTokenizer.from_pretrained(MLM_MODEL_DIR)
     assert tok.is_fast and len(tok) == model.config.vocab_size
     assert unknown_rate(tok, seed_texts) < 0.01
-    assert (DEFAULT_MODEL_DIR / "README.md").exists()
+    assert (MLM_MODEL_DIR / "README.md").exists() and (DEFAULT_MODEL_DIR / "README.md").exists()
+    # the default encoder: the same vocabulary, a head that knows O and PER/LOC only (silver stage)
+    silver = AutoModelForTokenClassification.from_pretrained(DEFAULT_MODEL_DIR)
+    assert AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR).get_vocab() == tok.get_vocab()
+    assert list(silver.config.id2label.values()) == ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     scraped = sorted((ROOT.parent / "shared" / "scraped").glob("r*.txt"))
     if scraped:
         assert unknown_rate(tok, [normalize(read_text(p)).text for p in scraped]) < 0.01

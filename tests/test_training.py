@@ -68,6 +68,12 @@ def test_resume_after_interruption(tiny_model_dir, tmp_path):
     second = train(cfg)
     assert second.metrics["steps"] == 6 and second.metrics["resumed_from_step"] == 4
     assert first.metrics["resumed_from_step"] == 0
+    # checkpoints of a run with other settings are never taken for this run's
+    with pytest.raises(ValueError, match="other settings"):
+        train(tiny_train_cfg(tiny_model_dir, tmp_path, "train.max_steps=8", "train.lr=1e-3"))
+    assert train(tiny_train_cfg(tiny_model_dir, tmp_path, "train.max_steps=2", "train.lr=1e-3",
+                                "train.resume=false")).metrics["resumed_from_step"] == 0
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
 
 
 def test_char_tags_from_multichar_tokens_and_gaps():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,9 @@ def cross_validate(cfg: Any) -> dict[str, Any]:
         log.info("fold %d: held out %s", k, test_id)
         data = prepare_docs(docs, tokenizer, {"train": train_ids, "heldout": [test_id]},
                             bio_label_names(cfg.data.labels), cfg.data.max_length, cfg.data.stride)
-        result = train_on(data, cfg, out / "folds" / test_id, tokenizer)
+        fold_dir = out / "folds" / test_id
+        shutil.rmtree(fold_dir, ignore_errors=True)  # every fold is trained afresh
+        result = train_on(data, cfg, fold_dir, tokenizer)
         test_doc = data.docs[test_id]
         train_docs = [data.docs[i] for i in train_ids]
         preds = {MODEL: [result.predictions[test_id].norm_spans]}

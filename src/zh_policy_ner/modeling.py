@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 # Where the embedded default model lives, relative to the repository root.
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "zh-policy-char-bert"
+MLM_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "zh-policy-char-bert"  # scripts/pretrain.py
+DEFAULT_MODEL_DIR = MLM_MODEL_DIR.with_name("zh-policy-char-bert-silver")  # scripts/silver.py, the default
 
 
 class ModelNotAvailable(RuntimeError):

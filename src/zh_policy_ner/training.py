@@ -103,9 +103,17 @@ def fit(model, tokenizer, train_ds, tcfg: Any, output_dir: Path, dev_ds=None):
         report_to=[],
         disable_tqdm=tcfg.disable_tqdm if tcfg.disable_tqdm is not None else not sys.stderr.isatty(),
     )
+    optimizers = (None, None)
+    if tcfg.head_lr_multiplier != 1:  # a fresh head learns faster than the pretrained encoder should move
+        head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]
+        body = [p for n, p in model.named_parameters() if not n.startswith("classifier.")]
+        optimizers = (torch.optim.AdamW([{"params": body, "lr": tcfg.lr},
+                                         {"params": head, "lr": tcfg.lr * tcfg.head_lr_multiplier}],
+                                        lr=tcfg.lr, weight_decay=tcfg.weight_decay), None)
     trainer = Trainer(
         model=model,
         args=args,
+        optimizers=optimizers,
         train_dataset=train_ds,
         eval_dataset=dev_ds if has_dev else None,
         data_collator=DataCollatorForTokenClassification(tokenizer),
@@ -119,6 +127,37 @@ def fit(model, tokenizer, train_ds, tcfg: Any, output_dir: Path, dev_ds=None):
         log.info("resuming from %s (step %d)", last, trainer.resumed_from_step)
     trainer.train(resume_from_checkpoint=last)
     return trainer
+
+
+RUN_KEYS = ("model", "data", "train", "seed")  # what a resumed run must share with the checkpoint's run
+
+
+def check_resumable(cfg: Any, output_dir: Path) -> None:
+    """Record the run's settings next to its checkpoints; refuse to resume checkpoints that another
+    configuration wrote (a stale folder would otherwise be taken for a finished run)."""
+    from omegaconf import OmegaConf
+    from transformers.trainer_utils import get_last_checkpoint
+
+    settings = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in RUN_KEYS}
+    for k in ("output_dir", "resume", "max_steps", "disable_tqdm", "logging_steps", "save_steps", "save_total_limit",
+              "num_threads"):
+        settings["train"].pop(k, None)
+    record = output_dir / "run_settings.json"
+    has_ckpt = output_dir.exists() and get_last_checkpoint(str(output_dir)) is not None
+    if cfg.train.resume and has_ckpt:
+        old = json.loads(record.read_text()) if record.exists() else None
+        if old != json.loads(json.dumps(settings)):
+            raise ValueError(f"{output_dir} holds checkpoints of a run with other settings "
+                             f"({'none recorded' if old is None else record}); resume it with the same settings, "
+                             f"or start afresh with train.resume=false or another train.output_dir")
+    elif has_ckpt:  # a fresh run: old checkpoints would later be taken for this run's
+        import shutil
+
+        log.warning("train.resume=false: removing the old checkpoints in %s", output_dir)
+        for old_ckpt in output_dir.glob("checkpoint-*"):
+            shutil.rmtree(old_ckpt)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(settings, indent=2, ensure_ascii=False, sort_keys=True), encoding="utf-8")
 
 
 def score_docs(predictor, docs: list[PreparedDoc]) -> tuple[dict, dict]:
@@ -175,6 +214,7 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
 
         n = round(cfg.train.silver.replay * len(data.datasets["train"]))
         train_ds = concatenate_datasets([train_ds, silver_replay(cfg, tokenizer, label_names, n)])
+    check_resumable(cfg, output_dir)
     trainer = fit(model, tokenizer, train_ds, cfg.train, output_dir, data.datasets.get("dev"))
     st = cfg.train.self_training
     pseudo_windows = []
