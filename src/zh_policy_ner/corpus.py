@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .text import DecodeError, decode_bytes
+from .text import DecodeError, decode_bytes, looks_binary
 
 log = logging.getLogger(__name__)
 
@@ -61,14 +61,14 @@ def _doc_id(path: Path, root: Path) -> str:
 
 
 def _read_file(path: Path, root: Path) -> Iterator[RawDoc | DocError]:
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        yield from _read_jsonl(path)
+        return
     try:
         data = path.read_bytes()
     except OSError as err:
         yield DocError(str(path), f"cannot read: {err}")
-        return
-    suffix = path.suffix.lower()
-    if suffix in JSONL_SUFFIXES:
-        yield from _read_jsonl(path, data)
         return
     try:
         text = decode_bytes(data, source=str(path))
@@ -80,26 +80,51 @@ def _read_file(path: Path, root: Path) -> Iterator[RawDoc | DocError]:
     yield RawDoc(_doc_id(path, root), str(path), text)
 
 
-def _read_jsonl(path: Path, data: bytes, text_field: str = "text", id_field: str = "doc_id") -> Iterator[RawDoc | DocError]:
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, str | DecodeError]]:
+    """(line number, decoded line or error), read line by line so that memory stays flat whatever
+    the file's size; each line is decoded on its own (UTF-8, else GB18030/Big5). UTF-16 files
+    (BOM) are decoded whole."""
+    with path.open("rb") as f:
+        head = f.read(8192)
+        f.seek(0)
+        if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+            try:
+                yield from enumerate(decode_bytes(f.read(), source=str(path)).splitlines(), start=1)
+            except DecodeError as err:
+                yield 0, err
+            return
+        if looks_binary(head):
+            yield 0, DecodeError(f"{path}: looks like a binary file (NUL or control bytes), not JSONL")
+            return
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                yield lineno, decode_bytes(raw.rstrip(b"\r\n"), source=f"{path}:{lineno}")
+            except DecodeError as err:
+                yield lineno, err
+
+
+def _read_jsonl(path: Path, text_field: str = "text", id_field: str = "doc_id") -> Iterator[RawDoc | DocError]:
+    """Records of a JSONL file; a bad line is reported (file and line) and skipped."""
     try:
-        content = decode_bytes(data, source=str(path))
-    except DecodeError as err:
-        yield DocError(str(path), str(err))
-        return
-    for lineno, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            yield DocError(where, f"invalid JSON: {err}")
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            yield DocError(where, f"no string field {text_field!r}")
-            continue
-        doc_id = str(record.get(id_field) or record.get("id") or f"{path.stem}:{lineno}")
-        yield RawDoc(doc_id, where, record[text_field])
+        for lineno, line in _jsonl_lines(path):
+            where = f"{path}:{lineno}" if lineno else str(path)
+            if isinstance(line, DecodeError):
+                yield DocError(where, str(line))
+                continue
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield DocError(where, f"invalid JSON: {err}")
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                yield DocError(where, f"no string field {text_field!r}")
+                continue
+            doc_id = str(record.get(id_field) or record.get("id") or f"{path.stem}:{lineno}")
+            yield RawDoc(doc_id, where, record[text_field])
+    except OSError as err:
+        yield DocError(str(path), f"cannot read: {err}")
 
 
 def iter_paths(path: str | Path) -> list[Path]:

@@ -36,7 +36,7 @@ _BOMS = (("utf-8-sig", b"\xef\xbb\xbf"), ("utf-16", b"\xff\xfe"), ("utf-16", b"\
 _CJK_FALLBACKS = ("gb18030", "big5hkscs")
 
 
-def _looks_binary(data: bytes) -> bool:
+def looks_binary(data: bytes) -> bool:
     sample = data[:4096]
     return b"\x00" in sample or sum(b < 9 or 13 < b < 32 for b in sample) > len(sample) * 0.05
 
@@ -56,7 +56,7 @@ def decode_bytes(data: bytes, source: str = "<bytes>") -> str:
                 raise DecodeError(f"{source}: starts with a {encoding} BOM but does not decode: {err}") from err
     if not data:
         return ""
-    if _looks_binary(data):
+    if looks_binary(data):
         raise DecodeError(f"{source}: looks like a binary file (NUL or control bytes), not text")
     try:
         return data.decode("utf-8")

@@ -114,6 +114,7 @@ def fit(model, tokenizer, train_ds, tcfg: Any, output_dir: Path, dev_ds=None):
         model=model,
         args=args,
         optimizers=optimizers,
+        compute_loss_func=weighted_loss(model.config.id2label, tcfg.get("label_weights") or {}),
         train_dataset=train_ds,
         eval_dataset=dev_ds if has_dev else None,
         data_collator=DataCollatorForTokenClassification(tokenizer),
@@ -127,6 +128,21 @@ def fit(model, tokenizer, train_ds, tcfg: Any, output_dir: Path, dev_ds=None):
         log.info("resuming from %s (step %d)", last, trainer.resumed_from_step)
     trainer.train(resume_from_checkpoint=last)
     return trainer
+
+
+def weighted_loss(id2label: dict, label_weights: dict[str, float]):
+    """Cross-entropy with B-X/I-X weighted by ``label_weights[X]`` (``None``: the model's own loss)."""
+    if not label_weights or all(w == 1 for w in label_weights.values()):
+        return None
+    weight = torch.tensor([float(label_weights.get(lab[2:], 1.0)) if lab != "O" else 1.0
+                           for _, lab in sorted((int(i), v) for i, v in id2label.items())])
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs.logits
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                                 weight=weight.to(logits.device), ignore_index=-100)
+
+    return loss
 
 
 RUN_KEYS = ("model", "data", "train", "seed")  # what a resumed run must share with the checkpoint's run
