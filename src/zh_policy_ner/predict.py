@@ -30,13 +30,17 @@ def done_ids(output: Path) -> set[str]:
     return {r["doc_id"] for r in read_appended_jsonl(output)}
 
 
-def batched(items: Iterator, size: int) -> Iterator[list]:
-    batch = []
+def batched(items: Iterator[RawDoc], size: int, max_chars: int = 200_000) -> Iterator[list[RawDoc]]:
+    """Batches of at most ``size`` documents and (unless one document alone is longer) about
+    ``max_chars`` characters, so that memory stays flat however long the documents are."""
+    batch: list[RawDoc] = []
+    chars = 0
     for item in items:
         batch.append(item)
-        if len(batch) >= size:
+        chars += len(item.text)
+        if len(batch) >= size or chars >= max_chars:
             yield batch
-            batch = []
+            batch, chars = [], 0
     if batch:
         yield batch
 
