@@ -28,16 +28,20 @@ DOMAIN_WORDS = ("会议", "书记", "市长", "疫情", "防控", "政府", "部
 
 
 @lru_cache(maxsize=1)
-def _domain_news() -> tuple[str, ...]:
-    """Normalised iNews articles with at least two government-meeting words."""
-    return tuple(t for t in (normalize(x).text for x in inews_texts()) if sum(w in t for w in DOMAIN_WORDS) >= 2)
+def _normalized_news() -> tuple[str, ...]:
+    return tuple(normalize(x).text for x in inews_texts())
+
+
+def _domain_news(min_words: int = 2) -> list[str]:
+    """Normalised iNews articles with at least ``min_words`` government-meeting words."""
+    return [t for t in _normalized_news() if sum(w in t for w in DOMAIN_WORDS) >= min_words]
 
 
 def silver_texts(scfg: Any, seed: int) -> list[str]:
     """Normalised unlabelled texts: government-like news articles and (if present) scraped reports."""
     texts = []
     if scfg.news_articles:
-        news = list(_domain_news())
+        news = _domain_news(scfg.get("min_domain_words", 2))
         random.Random(seed).shuffle(news)
         texts += news[: scfg.news_articles]
     if scfg.scraped and Path(scfg.scraped).is_dir():
@@ -50,6 +54,7 @@ def silver_model_key(cfg: Any) -> str:
     scfg = cfg.train.silver
     model = Path(cfg.model.name_or_path)
     keys = {"tagger": scfg.tagger, "news": scfg.news_articles, "max_chars": scfg.max_chars_per_text,
+            "min_domain_words": scfg.get("min_domain_words", 2),
             "scraped": str(Path(scfg.scraped).resolve()) if scfg.scraped else None, "seed": cfg.seed,
             "model": str(model.resolve()) if model.exists() else str(model), "epochs": scfg.epochs, "lr": scfg.lr,
             "dropout": [cfg.train.hidden_dropout, cfg.train.attention_dropout], "max_length": cfg.data.max_length,
