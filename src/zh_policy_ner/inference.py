@@ -162,8 +162,7 @@ class Predictor:
         # A model trained on shorter windows caps max_length; keep the overlap below the window.
         self.stride = stride if stride < self.max_length - 2 else (self.max_length - 2) // 4
         self.batch_size = batch_size
-        self.id2label = {int(k): v for k, v in model.config.id2label.items()}
-        self.labels = [self.id2label[i] for i in range(len(self.id2label))]
+        self.labels = [lab for _, lab in sorted((int(k), v) for k, v in model.config.id2label.items())]
 
     @classmethod
     def from_pretrained(cls, model_dir: str, gazetteer: bool = False, **kwargs) -> "Predictor":

