@@ -179,7 +179,9 @@ def prepare_docs(docs: Sequence[AnnotatedDoc], tokenizer, splits: dict[str, list
     for doc in prepared.values():
         dropped += [{"doc_id": doc.doc_id, "start": s.start, "end": s.end, "label": s.label, "text": s.text, "reason": why}
                     for s, why in doc.dropped]
-        offsets = tokenizer(doc.norm.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        # the whole article at once (no windows), only to check span boundaries against tokens
+        offsets = tokenizer(doc.norm.text, add_special_tokens=False, return_offsets_mapping=True,
+                            verbose=False)["offset_mapping"]
         dropped += [{"doc_id": doc.doc_id, "norm_start": sp[0], "norm_end": sp[1], "label": sp[2],
                      "text": doc.norm.text[sp[0]:sp[1]], "reason": why} for sp, why in boundary_losses(doc, offsets)]
     for split, ids in splits.items():

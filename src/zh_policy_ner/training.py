@@ -27,38 +27,50 @@ def build_model(name_or_path: str, label_names: list[str], tcfg: Any = None):
     """A token-classification head on any encoder folder or hub name (head freshly initialised);
     ``tcfg`` (the train config) sets the dropout rates."""
     from transformers import AutoModelForTokenClassification
+    from transformers.utils import logging as hf_logging
 
     from .modeling import resolve_model_path
 
     path = resolve_model_path(name_or_path)
-    model = AutoModelForTokenClassification.from_pretrained(
-        path,
-        num_labels=len(label_names),
-        id2label=dict(enumerate(label_names)),
-        label2id={n: i for i, n in enumerate(label_names)},
-        ignore_mismatched_sizes=True,
-        **({} if tcfg is None else {"hidden_dropout_prob": tcfg.hidden_dropout,
-                                    "attention_probs_dropout_prob": tcfg.attention_dropout}),
-    )
-    _carry_head_rows(model, path, label_names)
+    # A new or resized head is the expected case here: transformers' load report (MISSING /
+    # MISMATCH "reinit") would alarm for nothing, so it is replaced by one line on what was kept.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForTokenClassification.from_pretrained(
+            path,
+            id2label=dict(enumerate(label_names)),
+            label2id={n: i for i, n in enumerate(label_names)},
+            ignore_mismatched_sizes=True,
+            **({} if tcfg is None else {"hidden_dropout_prob": tcfg.hidden_dropout,
+                                        "attention_probs_dropout_prob": tcfg.attention_dropout}),
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    kept = _carry_head_rows(model, path, label_names)
+    log.info("encoder %s; classifier rows %s", path, f"kept for {', '.join(kept)}, new for the others" if kept
+             else "new for all labels")
     return model
 
 
-def _carry_head_rows(model, path: str, label_names: list[str]) -> None:
+def _carry_head_rows(model, path: str, label_names: list[str]) -> list[str]:
     """Starting from a token classifier with other labels (the silver stage: O and PER/LOC only),
-    keep its trained rows for the labels both share; the other rows stay freshly initialised."""
+    keep its trained rows for the labels both share; the other rows stay freshly initialised.
+    Returns the labels whose rows come from the checkpoint."""
     from safetensors.torch import load_file
 
     src_cfg, weights = Path(path) / "config.json", Path(path) / "model.safetensors"
     if not (src_cfg.exists() and weights.exists()):
-        return
+        return []
     src = json.loads(src_cfg.read_text())
     src_labels = [src.get("id2label", {}).get(str(i)) for i in range(len(src.get("id2label", {})))]
-    if not src.get("architectures", [""])[0].endswith("ForTokenClassification") or src_labels == label_names:
-        return
+    if not src.get("architectures", [""])[0].endswith("ForTokenClassification"):
+        return []
+    if src_labels == label_names:
+        return list(label_names)  # same head: from_pretrained loaded it whole
     state = load_file(str(weights))
     if "classifier.weight" not in state:
-        return
+        return []
     head = model.classifier
     with torch.no_grad():
         for j, lab in enumerate(label_names):
@@ -66,6 +78,7 @@ def _carry_head_rows(model, path: str, label_names: list[str]) -> None:
                 i = src_labels.index(lab)
                 head.weight[j] = state["classifier.weight"][i].to(head.weight.dtype)
                 head.bias[j] = state["classifier.bias"][i].to(head.bias.dtype)
+    return [lab for lab in label_names if lab in src_labels]
 
 
 def fit(model, tokenizer, train_ds, tcfg: Any, output_dir: Path, dev_ds=None):
