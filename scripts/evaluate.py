@@ -15,7 +15,8 @@ def main(cfg: DictConfig) -> None:
 
     _, out = evaluate(cfg)
     print((out / "results.md").read_text(encoding="utf-8"))
-    print(f"results, error reports (errors.md, errors.json) and fold models written to {out}")
+    print(f"results, error reports (errors.md/.json for the model, errors-output.md/.json for what predict outputs) "
+          f"and fold models written to {out}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,23 @@ def test_loss_falls_and_folder_is_complete(trained):
     assert metrics["steps"] == 12 and set(metrics["heldout"]) >= {"micro"}
 
 
+def test_gazetteer_withholds_guideline_terms_found_in_heldout_articles(trained):
+    from zh_policy_ner.lexicon import doc_mentions, read_terms
+    from zh_policy_ner.dataset import load_docs, project_doc
+
+    out, _ = trained
+    gaz = json.loads((out / "gazetteer.json").read_text(encoding="utf-8"))["mentions"]
+    cfg = compose()
+    docs = {d.doc_id: project_doc(d) for d in load_docs(cfg)}
+    held = docs[SEED_IDS[0]].norm.text
+    trained_on = doc_mentions([d for i, d in docs.items() if i != SEED_IDS[0]])
+    terms = read_terms(cfg.train.gazetteer.guideline_terms)
+    withheld = [t for t in terms if t in held and t not in trained_on]
+    kept = [t for t in terms if t not in held]
+    assert withheld and kept  # the seed holds some guideline terms, not all
+    assert not any(t in gaz for t in withheld) and all(gaz[t] == terms[t] for t in kept if t not in trained_on)
+
+
 def test_folder_loads_back_and_predicts_spans_with_raw_offsets(trained):
     out, _ = trained
     predictor = Predictor.from_pretrained(str(out), max_length=64, stride=16)

@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .baselines import DictionaryTagger, make_baseline, overlay
+from .baselines import make_baseline
 from .dataset import PreparedDoc, bio_label_names, leave_one_out, load_docs, prepare_docs, split_docs
+from .lexicon import DictionaryTagger, layered, place_tagger
 from .metrics import entity_scores, error_cases, mean_sd, scores_table, write_error_report
 
 log = logging.getLogger(__name__)
 MODEL = "model"
-GAZ = "model+gazetteer"  # the model's spans with the training mentions laid over them
+GAZ = "model+lexicons"  # what prediction outputs: gazetteer over the model, place names under it
 
 
 def _pooled(pairs: list[tuple[PreparedDoc, list]]) -> dict:
@@ -31,8 +32,13 @@ def _baseline_preds(names, train_docs, test_docs) -> dict[str, list[list]]:
     return out
 
 
+def _places(cfg: Any) -> DictionaryTagger | None:
+    return place_tagger() if cfg.infer.places else None
+
+
 def cross_validate(cfg: Any) -> dict[str, Any]:
     """Leave-one-article-out: train on the others, score the held-out article, for each fold."""
+    from .inference import GAZETTEER_FILE
     from .modeling import load_tokenizer
     from .training import train_on
 
@@ -42,7 +48,7 @@ def cross_validate(cfg: Any) -> dict[str, Any]:
     ids = [d.doc_id for d in docs]
     per_system: dict[str, list[tuple[PreparedDoc, list]]] = {}
     fold_scores: dict[str, list[dict]] = {}
-    errors = {}
+    errors: dict[str, dict] = {MODEL: {}, GAZ: {}}  # per system: doc_id -> error cases
     t0 = time.time()
     for k, (train_ids, test_id) in enumerate(leave_one_out(ids, cfg.eval.folds)):
         log.info("fold %d: held out %s", k, test_id)
@@ -54,12 +60,15 @@ def cross_validate(cfg: Any) -> dict[str, Any]:
         test_doc = data.docs[test_id]
         train_docs = [data.docs[i] for i in train_ids]
         preds = {MODEL: [result.predictions[test_id].norm_spans]}
-        preds[GAZ] = [overlay(preds[MODEL][0], DictionaryTagger.from_docs(train_docs).tag(test_doc.norm.text))]
+        gazetteer = DictionaryTagger.load(fold_dir / GAZETTEER_FILE) if cfg.infer.gazetteer else None
+        preds[GAZ] = [layered(test_doc.norm.text, preds[MODEL][0], gazetteer, _places(cfg),
+                              cfg.infer.abbreviations)]
         preds.update(_baseline_preds(cfg.eval.baselines, train_docs, [test_doc]))
         for name, p in preds.items():
             per_system.setdefault(name, []).append((test_doc, p[0]))
             fold_scores.setdefault(name, []).append(entity_scores([test_doc.spans], p, [len(test_doc.norm.text)]))
-        errors[test_id] = error_cases(test_doc.norm.text, test_doc.spans, preds[MODEL][0])
+        for name, table in errors.items():
+            table[test_id] = error_cases(test_doc.norm.text, test_doc.spans, preds[name][0])
     return _report(cfg, out, per_system, fold_scores, errors, mode="leave-one-article-out cross-validation",
                    seconds=time.time() - t0)
 
@@ -80,13 +89,14 @@ def evaluate_heldout(cfg: Any) -> dict[str, Any]:
     t0 = time.time()
     preds = {MODEL: [p.norm_spans for p in predictor.predict_norm([d.norm for d in test_docs])]}
     gaz = Path(cfg.eval.model_dir) / GAZETTEER_FILE
-    if gaz.exists():
-        tagger = DictionaryTagger.load(gaz)
-        preds[GAZ] = [overlay(p, tagger.tag(d.norm.text)) for p, d in zip(preds[MODEL], test_docs)]
+    tagger = DictionaryTagger.load(gaz) if cfg.infer.gazetteer and gaz.exists() else None
+    preds[GAZ] = [layered(d.norm.text, p, tagger, _places(cfg), cfg.infer.abbreviations)
+                  for p, d in zip(preds[MODEL], test_docs)]
     preds.update(_baseline_preds(cfg.eval.baselines, [data.docs[i] for i in splits["train"]], test_docs))
     per_system = {n: list(zip(test_docs, p)) for n, p in preds.items()}
     fold_scores = {n: [entity_scores([d.spans], [q], [len(d.norm.text)]) for d, q in zip(test_docs, p)] for n, p in preds.items()}
-    errors = {d.doc_id: error_cases(d.norm.text, d.spans, p) for d, p in zip(test_docs, preds[MODEL])}
+    errors = {name: {d.doc_id: error_cases(d.norm.text, d.spans, p) for d, p in zip(test_docs, preds[name])}
+              for name in (MODEL, GAZ)}
     return _report(cfg, out, per_system, fold_scores, errors, mode=f"held-out articles, model {cfg.eval.model_dir}",
                    seconds=time.time() - t0)
 
@@ -109,11 +119,16 @@ def _report(cfg, out: Path, per_system, fold_scores, errors, mode: str, seconds:
     for name, s in spread.items():
         md.append(f"| {name} | " + " | ".join(f"{s[c]['f1_mean']:.2f} ± {s[c]['f1_sd']:.2f}" if c in s else "–"
                                               for c in [*labels, "micro"]) + " |")
-    md += ["", f"`{GAZ}`: the model's spans with the training mentions (`gazetteer.json`, the dictionary "
-           "baseline's list) laid over them, as `infer.gazetteer=true` predicts. Baselines have no POLICY label. "
-           "THULAC is under a research-use licence.", ""]
+    infer = cfg.infer
+    md += ["", f"`{GAZ}`: what `scripts/predict.py` outputs with these settings (`infer.gazetteer={infer.gazetteer}`, "
+           f"`infer.places={infer.places}`, `infer.abbreviations={infer.abbreviations}`): the gazetteer saved with "
+           "the model (training mentions; guideline terms, withheld where they occur in a held-out article; quoted "
+           "formulas and measure phrases) over the model's spans, administrative place names under them, "
+           "one-character place abbreviations. Baselines have no POLICY label. THULAC is under a research-use "
+           "licence.", ""]
     (out / "results.md").write_text("\n".join(md), encoding="utf-8")
-    write_error_report(errors, out, title=f"Model errors ({mode})")
+    write_error_report(errors[MODEL], out, title=f"Model errors ({mode})")
+    write_error_report(errors[GAZ], out, title=f"Errors of the output, {GAZ} ({mode})", stem="errors-output")
     return results
 
 

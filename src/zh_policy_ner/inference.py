@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .annotations import Span
-from .baselines import overlay
+from .lexicon import layered
 from .dataset import encode_windows, tags_to_spans
 from .text import Normalized, normalize
 
@@ -42,6 +42,40 @@ def char_tags_from_tokens(length: int, offsets: Sequence[tuple[int, int]], token
         elif nxt.startswith("I-") and i > 0 and tags[i - 1] != "O" and tags[i - 1][2:] == nxt[2:]:
             tags[i] = nxt
     return tags
+
+
+# speech verbs that follow a name in meeting reports (谭作钧强调, 李友传达): never part of the name
+SPEECH_VERBS = ("强调", "指出", "传达", "主持", "要求", "表示", "出席", "讲话", "介绍", "提出", "听取", "批示")
+
+
+def tidy_spans(text: str, spans: Sequence[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Apply the guideline's span rules to model spans: no edge whitespace or punctuation, no PER or
+    LOC across whitespace (split there), a name never includes the speech verb after it (李友传达 -> 李友, 王凯强|调 -> 王凯), and a
+    one-character PER (a surname alone) is dropped."""
+    from .annotations import QUOTE_MARKS, is_edge_junk
+
+    pieces = []
+    for s, e, lab in spans:  # a name or place never spans whitespace: 长春 江城 are two places
+        cut = [s] + [i for i in range(s + 1, e) if text[i].isspace() != text[i - 1].isspace()] + [e]
+        pieces += [(a, b, lab) for a, b in zip(cut, cut[1:])] if lab != "POLICY" else [(s, e, lab)]
+    out = []
+    for s, e, lab in pieces:
+        while s < e and is_edge_junk(text[s]):
+            s += 1
+        while e > s and is_edge_junk(text[e - 1]):
+            e -= 1
+        if lab == "PER":
+            for verb in SPEECH_VERBS:
+                if e - s > len(verb) + 1 and text[s:e].endswith(verb):
+                    e -= len(verb)
+            # 王凯[强]调: 强调 straddles the end of a three-character name (not 刘国强调研, 调研 "inspects")
+            if e - s > 2 and text[e - 1 : e + 1] == "强调" and text[e + 1 : e + 2] != "研":
+                e -= 1
+            if e - s < 2:
+                continue
+        if e > s and not QUOTE_MARKS & set(text[s:e]):
+            out.append((s, e, lab))
+    return out
 
 
 def allowed_transitions(labels: Sequence[str]) -> np.ndarray:
@@ -131,10 +165,12 @@ class Predictor:
     """Wraps a token-classification model and its tokenizer for document-level span prediction."""
 
     def __init__(self, model, tokenizer, max_length: int = 256, stride: int = 64, batch_size: int = 32,
-                 device: str | None = None, precision: str = "auto", decode: str = "viterbi", gazetteer=None):
+                 device: str | None = None, precision: str = "auto", decode: str = "viterbi", gazetteer=None,
+                 places=None, abbreviations: bool = False):
         """``decode``: ``viterbi`` (best valid BIO sequence) or ``argmax`` (per token). ``gazetteer``: a
-        :class:`~zh_policy_ner.baselines.DictionaryTagger` whose matches override overlapping model
-        spans (score ``None``). ``precision``: ``fp32``; ``bf16`` (weights cast to bfloat16: 1.4x faster than autocast on
+        :class:`~zh_policy_ner.lexicon.DictionaryTagger` whose matches override overlapping model
+        spans (score ``None``); ``places``: one whose matches fill in where the model found nothing;
+        ``abbreviations``: one-character place abbreviations (see :func:`~zh_policy_ner.lexicon.layered`). ``precision``: ``fp32``; ``bf16`` (weights cast to bfloat16: 1.4x faster than autocast on
         the 2-core AMX CPU, same spans on the benchmark); ``int8`` (dynamic quantisation of the
         linear layers, CPU); ``auto`` = bf16 on GPUs and on CPUs with AMX/AVX512-BF16, else fp32."""
         from .modeling import use_bf16
@@ -154,6 +190,8 @@ class Predictor:
             raise ValueError(f"decode must be viterbi or argmax, got {decode!r}")
         self.decode = decode
         self.gazetteer = gazetteer
+        self.places = places
+        self.abbreviations = abbreviations
         self.precision = precision
         if precision == "bf16" and next(model.parameters()).dtype != torch.bfloat16:
             model = copy.deepcopy(model).to(torch.bfloat16)  # the caller's model (a trainer's) stays as it is
@@ -165,14 +203,15 @@ class Predictor:
         self.labels = [lab for _, lab in sorted((int(k), v) for k, v in model.config.id2label.items())]
 
     @classmethod
-    def from_pretrained(cls, model_dir: str, gazetteer: bool = False, **kwargs) -> "Predictor":
+    def from_pretrained(cls, model_dir: str, gazetteer: bool = False, places: bool = False, **kwargs) -> "Predictor":
         """Load a trained folder; ``gazetteer=True`` also loads its ``gazetteer.json`` (the training
-        mentions written by the train stage) and fails if there is none."""
+        mentions and guideline terms written by the train stage) and fails if there is none;
+        ``places=True`` adds China's administrative place names (:func:`~zh_policy_ner.lexicon.admin_places`)."""
         from pathlib import Path
 
         from transformers import AutoModelForTokenClassification
 
-        from .baselines import DictionaryTagger
+        from .lexicon import DictionaryTagger, place_tagger
         from .modeling import load_tokenizer, resolve_model_path
 
         path = resolve_model_path(model_dir)
@@ -181,6 +220,8 @@ class Predictor:
             if not gaz.exists():
                 raise FileNotFoundError(f"{gaz} not found: train the model with this version or set infer.gazetteer=false")
             kwargs["gazetteer"] = DictionaryTagger.load(gaz)
+        if places:
+            kwargs["places"] = place_tagger()
         return cls(AutoModelForTokenClassification.from_pretrained(path), load_tokenizer(path), **kwargs)
 
     @torch.inference_mode()
@@ -217,14 +258,15 @@ class Predictor:
             token_tags = [self.labels[i] for i in ids]
             conf = mean[np.arange(len(ids)), ids]
             tags = char_tags_from_tokens(len(norm.text), offsets, token_tags)
-            norm_spans = tags_to_spans(tags)
-            if self.gazetteer is not None:
-                norm_spans = overlay(norm_spans, self.gazetteer.tag(norm.text))
+            model_spans = tidy_spans(norm.text, tags_to_spans(tags))
+            norm_spans = layered(norm.text, model_spans, self.gazetteer, self.places, self.abbreviations)
+            from_model = set(model_spans)
             spans = []
             for s, e, lab in norm_spans:
                 rs, re_ = norm.to_raw_span(s, e)
                 scores = conf[np.searchsorted(starts, s) : np.searchsorted(starts, e)]
-                spans.append(Span(rs, re_, lab, norm.raw[rs:re_], round(float(scores.mean()), 4) if len(scores) else None))
+                score = round(float(scores.mean()), 4) if len(scores) and (s, e, lab) in from_model else None
+                spans.append(Span(rs, re_, lab, norm.raw[rs:re_], score))  # lexicon spans: no model score
             results.append(DocPrediction(norm, spans, norm_spans))
         return results
 

@@ -83,10 +83,11 @@ def error_cases(text: str, gold: Sequence[NormSpan], pred: Sequence[NormSpan]) -
     return sorted(cases, key=lambda c: (c.gold or c.pred)[0])
 
 
-def write_error_report(docs: dict[str, list[ErrorCase]], folder: Path, title: str = "Error report") -> tuple[Path, Path]:
-    """Write ``errors.json`` and ``errors.md`` (one section per article, counts per kind)."""
+def write_error_report(docs: dict[str, list[ErrorCase]], folder: Path, title: str = "Error report",
+                       stem: str = "errors") -> tuple[Path, Path]:
+    """Write ``<stem>.json`` and ``<stem>.md`` (one section per article, counts per kind)."""
     folder.mkdir(parents=True, exist_ok=True)
-    js = folder / "errors.json"
+    js = folder / f"{stem}.json"
     js.write_text(json.dumps({d: [asdict(c) for c in cs] for d, cs in docs.items()}, indent=1, ensure_ascii=False), encoding="utf-8")
     lines = [f"# {title}", ""]
     for doc_id, cases in docs.items():
@@ -101,7 +102,7 @@ def write_error_report(docs: dict[str, list[ErrorCase]], folder: Path, title: st
                 p = f"{c.pred[3]} ({c.pred[2]})" if c.pred else ""
                 lines.append(f"| {c.kind} | {g} | {p} | {c.context.replace('|', '/')} |")
             lines.append("")
-    md = folder / "errors.md"
+    md = folder / f"{stem}.md"
     md.write_text("\n".join(lines), encoding="utf-8")
     return js, md
 

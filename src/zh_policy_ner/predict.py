@@ -200,6 +200,7 @@ def run_predict(cfg: Any) -> PredictSummary:
     predictor = Predictor.from_pretrained(cfg.infer.model_dir, max_length=cfg.infer.max_length,
                                           stride=cfg.infer.stride, batch_size=cfg.infer.batch_size,
                                           precision=cfg.infer.precision, decode=cfg.infer.decode, gazetteer=cfg.infer.gazetteer,
+                                          places=cfg.infer.places, abbreviations=cfg.infer.abbreviations,
                                           device=device)
     summary = predict_files(predictor, cfg.infer.input, output, shard=(rank, world), progress=rank == 0)
     if cfg.infer.reports and world == 1:

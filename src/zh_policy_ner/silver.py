@@ -19,6 +19,7 @@ from typing import Any
 from .baselines import make_baseline
 from .corpus import RawDoc, inews_texts, iter_documents, read_appended_jsonl
 from .dataset import PreparedDoc
+from .lexicon import layered, place_tagger
 from .text import already_normalized, normalize
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def silver_model_key(cfg: Any) -> str:
             "scraped": str(Path(scfg.scraped).resolve()) if scfg.scraped else None, "seed": cfg.seed,
             "model": str(model.resolve()) if model.exists() else str(model), "epochs": scfg.epochs, "lr": scfg.lr,
             "dropout": [cfg.train.hidden_dropout, cfg.train.attention_dropout], "max_length": cfg.data.max_length,
-            "labels": SILVER_LABELS}
+            "labels": SILVER_LABELS, **({"places": True} if scfg.places else {})}
     return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -72,9 +73,10 @@ def _tag_one(args: tuple[str, str]) -> list:
 
 
 def silver_docs(scfg: Any, seed: int, cache_dir: Path) -> list[PreparedDoc]:
-    """Tagged silver documents (normalised coordinates). Tags are cached per text in
-    ``cache_dir/tags-<tagger>.jsonl`` (appended as they come, so an interrupted or enlarged run
-    only tags what is new); ``scfg.workers`` processes tag in parallel."""
+    """Tagged silver documents (normalised coordinates), with administrative place names filling in
+    where the tagger found nothing when ``scfg.places`` (THULAC never tags 大连, for one). Tags are
+    cached per text in ``cache_dir/tags-<tagger>.jsonl`` (appended as they come, so an interrupted
+    or enlarged run only tags what is new); ``scfg.workers`` processes tag in parallel."""
     texts = silver_texts(scfg, seed)
     cache = cache_dir / f"tags-{scfg.tagger}.jsonl"
     known = {row["key"]: row["spans"] for row in read_appended_jsonl(cache)}
@@ -93,7 +95,9 @@ def silver_docs(scfg: Any, seed: int, cache_dir: Path) -> list[PreparedDoc]:
                 known[key] = spans
                 f.write(json.dumps({"key": key, "spans": spans}) + "\n")
                 f.flush()
-    return [PreparedDoc(f"silver-{i}", already_normalized(t), [tuple(s) for s in known[_text_key(t)]])
+    places = place_tagger() if scfg.places else None
+    return [PreparedDoc(f"silver-{i}", already_normalized(t),
+                        layered(t, [tuple(s) for s in known[_text_key(t)]], places=places))
             for i, t in enumerate(texts)]
 
 
@@ -121,16 +125,27 @@ def silver_model(cfg: Any, tokenizer) -> str:
     return str(out)
 
 
-def silver_replay(cfg: Any, tokenizer, label_names: list[str], n_windows: int):
+def silver_replay(cfg: Any, tokenizer, label_names: list[str], n_windows: int, gazetteer=None):
     """``n_windows`` random silver windows to mix into the gold pass (against forgetting the silver
     pass). With ``replay_o: false`` their ``O`` labels are ignored by the loss: silver text is not
-    labelled for POLICY, so its ``O`` says nothing about measures."""
+    labelled for POLICY, so its ``O`` says nothing about measures. With a ``gazetteer`` (the one
+    the model will ship with: training mentions, guideline terms, quoted formulas), its matches are
+    laid over the tagger's spans and only windows holding a POLICY match are drawn: silver
+    measures in new contexts."""
+    from .lexicon import overlay
     from .dataset import IGNORE_INDEX, build_windows, to_dataset
 
     scfg = cfg.train.silver
     docs = silver_docs(scfg, cfg.seed, Path(scfg.cache_dir))
+    if gazetteer is not None:
+        docs = [PreparedDoc(d.doc_id, d.norm, overlay(d.spans, gazetteer.tag(d.norm.text))) for d in docs]
     cols = build_windows(docs, tokenizer, label_names, cfg.data.max_length, cfg.data.stride)
-    pick = sorted(random.Random(cfg.seed).sample(range(len(cols["input_ids"])), min(n_windows, len(cols["input_ids"]))))
+    rows = range(len(cols["input_ids"]))
+    if gazetteer is not None:
+        policy = {i for i, lab in enumerate(label_names) if lab.endswith("-POLICY")}
+        rows = [i for i in rows if policy.intersection(cols["labels"][i])]
+    pick = sorted(random.Random(cfg.seed).sample(list(rows), min(n_windows, len(rows))))
+    log.info("silver replay: %d of %d windows%s", len(pick), len(rows), " with a POLICY match" if gazetteer else "")
     cols = {k: [v[i] for i in pick] for k, v in cols.items()}
     if not scfg.replay_o:
         o = label_names.index("O")
@@ -164,7 +179,8 @@ def export_silver_model(cfg: Any) -> Path:
     texts = silver_texts(scfg, cfg.seed)
     states = sorted((src / "run").glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
     state = json.loads(states[-1].read_text()) if states else {}
-    metrics = {"base_model": str(cfg.model.name_or_path), "tagger": scfg.tagger, "texts": len(texts),
+    metrics = {"base_model": str(cfg.model.name_or_path), "tagger": scfg.tagger, "places": bool(scfg.places),
+               "texts": len(texts),
                "characters": sum(map(len, texts)), "epochs": scfg.epochs, "lr": scfg.lr,
                "steps": state.get("global_step"), "gold_scores_per_and_loc": scores, "command": command_line()}
     (out / "silver_metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -206,12 +206,15 @@ class TrainResult:
 
 def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> TrainResult:
     """Fine-tune on ``data``'s train split, save the model folder, score the held-out split."""
+    from datasets import concatenate_datasets
     from omegaconf import OmegaConf
+    from transformers import set_seed
 
-    from .baselines import DictionaryTagger
     from .inference import GAZETTEER_FILE, Predictor
+    from .lexicon import build_gazetteer
 
     t0 = time.time()
+    set_seed(cfg.seed)  # the new head rows: every run (and every cross-validation fold) starts alike
     label_names = data.manifest["label_names"]
     start = cfg.model.name_or_path
     if cfg.train.silver.enabled:
@@ -223,8 +226,6 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
     tokenizer.model_max_length = min(cfg.data.max_length, model.config.max_position_embeddings)
     train_ds = data.datasets["train"]
     if cfg.train.mention_swap.copies > 0:
-        from datasets import concatenate_datasets
-
         from .augment import mention_pools, mention_swap_docs
         from .dataset import build_windows, to_dataset
 
@@ -237,13 +238,15 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
         extra = mention_swap_docs(gold, pools, cfg.train.mention_swap.copies, cfg.seed)
         train_ds = concatenate_datasets([train_ds, to_dataset(build_windows(extra, tokenizer, label_names,
                                                                              cfg.data.max_length, cfg.data.stride))])
-    if cfg.train.silver.enabled and cfg.train.silver.replay > 0:
-        from datasets import concatenate_datasets
-
+    held = [data.docs[i].norm.text for split in ("heldout", "dev") if split in data.manifest["splits"]
+            for i in data.manifest["splits"][split]["doc_ids"]]
+    gazetteer = build_gazetteer(gold, cfg.train.gazetteer, held)
+    if cfg.train.silver.replay > 0:
         from .silver import silver_replay
 
         n = round(cfg.train.silver.replay * len(data.datasets["train"]))
-        train_ds = concatenate_datasets([train_ds, silver_replay(cfg, tokenizer, label_names, n)])
+        train_ds = concatenate_datasets([train_ds, silver_replay(
+            cfg, tokenizer, label_names, n, gazetteer if cfg.train.silver.replay_policy else None)])
     check_resumable(cfg, output_dir)
     trainer = fit(model, tokenizer, train_ds, cfg.train, output_dir, data.datasets.get("dev"))
     st = cfg.train.self_training
@@ -254,8 +257,6 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
         pseudo = pseudo_labelled(trainer.model, tokenizer, cfg, label_names)
         log.info("self-training round %d: %d windows of confident pseudo-labels", round_ + 1, len(pseudo))
         pseudo_windows.append(len(pseudo))
-        from datasets import concatenate_datasets
-
         train_ds = concatenate_datasets([train_ds, pseudo])
         trainer = fit(build_model(start, label_names, cfg.train), tokenizer, train_ds,
                       OmegaConf.merge(cfg.train, {"resume": False}), output_dir / f"self-training-{round_ + 1}",
@@ -276,7 +277,7 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
         heldout_docs = [data.docs[i] for i in data.manifest["splits"]["heldout"]["doc_ids"]]
         metrics["heldout"], predictions = score_docs(predictor, heldout_docs)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-    DictionaryTagger.from_docs(gold).save(output_dir / GAZETTEER_FILE)
+    gazetteer.save(output_dir / GAZETTEER_FILE)
     (output_dir / "label_map.json").write_text(json.dumps(dict(enumerate(label_names)), indent=2), encoding="utf-8")
     (output_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
     (output_dir / "prepare_manifest.json").write_text(json.dumps(data.manifest, indent=2, ensure_ascii=False), encoding="utf-8")
