@@ -159,6 +159,14 @@ def model_dir(tiny_model_dir, tmp_path_factory):
     return out
 
 
+def test_heldout_evaluation_warns_when_the_model_saw_the_article(model_dir, tmp_path, caplog):
+    cfg = compose(f"eval.model_dir={model_dir}", "eval.mode=heldout", f"data.heldout=[{SEED_IDS[1]}]",
+                  f"eval.output_dir={tmp_path}", "eval.baselines=[]", "data.max_length=64", "data.stride=16")
+    results, out = evaluate(cfg)
+    assert results["documents"] == [SEED_IDS[1]] and (out / "errors-output.md").exists()
+    assert "not held-out scores" in caplog.text and SEED_IDS[1] in caplog.text
+
+
 def test_gazetteer_overrides_model_spans(model_dir):
     from zh_policy_ner.inference import Predictor
 

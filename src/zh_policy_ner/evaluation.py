@@ -81,6 +81,12 @@ def evaluate_heldout(cfg: Any) -> dict[str, Any]:
         raise ValueError("eval.mode=heldout needs data.heldout=[doc_id,...]")
     out = Path(cfg.eval.output_dir)
     docs = load_docs(cfg)
+    trained = Path(cfg.eval.model_dir) / "metrics.json"
+    seen = set(json.loads(trained.read_text()).get("train_docs", [])) if trained.exists() else set()
+    if seen & set(cfg.data.heldout):
+        log.warning("%s was trained on held-out article(s) %s (and its gazetteer holds their mentions): the scores "
+                    "below are not held-out scores; train with data.heldout=[...] first", cfg.eval.model_dir,
+                    ", ".join(sorted(seen & set(cfg.data.heldout))))
     predictor = Predictor.from_pretrained(cfg.eval.model_dir, max_length=cfg.data.max_length, stride=cfg.data.stride,
                                           decode=cfg.infer.decode)
     splits = split_docs([d.doc_id for d in docs], cfg.data.heldout, cfg.data.dev)
