@@ -32,8 +32,10 @@ def _baseline_preds(names, train_docs, test_docs) -> dict[str, list[list]]:
     return out
 
 
-def _places(cfg: Any) -> DictionaryTagger | None:
-    return place_tagger() if cfg.infer.places else None
+def _output(cfg: Any, text: str, model_spans: list, gazetteer: DictionaryTagger | None) -> list:
+    """The spans ``scripts/predict.py`` would output under ``cfg.infer`` (the ``model+lexicons`` row)."""
+    return layered(text, model_spans, gazetteer, place_tagger() if cfg.infer.places else None,
+                   cfg.infer.abbreviations)
 
 
 def cross_validate(cfg: Any) -> dict[str, Any]:
@@ -61,8 +63,7 @@ def cross_validate(cfg: Any) -> dict[str, Any]:
         train_docs = [data.docs[i] for i in train_ids]
         preds = {MODEL: [result.predictions[test_id].norm_spans]}
         gazetteer = DictionaryTagger.load(fold_dir / GAZETTEER_FILE) if cfg.infer.gazetteer else None
-        preds[GAZ] = [layered(test_doc.norm.text, preds[MODEL][0], gazetteer, _places(cfg),
-                              cfg.infer.abbreviations)]
+        preds[GAZ] = [_output(cfg, test_doc.norm.text, preds[MODEL][0], gazetteer)]
         preds.update(_baseline_preds(cfg.eval.baselines, train_docs, [test_doc]))
         for name, p in preds.items():
             per_system.setdefault(name, []).append((test_doc, p[0]))
@@ -96,8 +97,7 @@ def evaluate_heldout(cfg: Any) -> dict[str, Any]:
     preds = {MODEL: [p.norm_spans for p in predictor.predict_norm([d.norm for d in test_docs])]}
     gaz = Path(cfg.eval.model_dir) / GAZETTEER_FILE
     tagger = DictionaryTagger.load(gaz) if cfg.infer.gazetteer and gaz.exists() else None
-    preds[GAZ] = [layered(d.norm.text, p, tagger, _places(cfg), cfg.infer.abbreviations)
-                  for p, d in zip(preds[MODEL], test_docs)]
+    preds[GAZ] = [_output(cfg, d.norm.text, p, tagger) for p, d in zip(preds[MODEL], test_docs)]
     preds.update(_baseline_preds(cfg.eval.baselines, [data.docs[i] for i in splits["train"]], test_docs))
     per_system = {n: list(zip(test_docs, p)) for n, p in preds.items()}
     fold_scores = {n: [entity_scores([d.spans], [q], [len(d.norm.text)]) for d, q in zip(test_docs, p)] for n, p in preds.items()}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .annotations import Span
+from .annotations import QUOTE_MARKS, Span, is_edge_junk
 from .lexicon import layered
 from .dataset import encode_windows, tags_to_spans
 from .text import Normalized, normalize
@@ -50,10 +50,8 @@ SPEECH_VERBS = ("强调", "指出", "传达", "主持", "要求", "表示", "出
 
 def tidy_spans(text: str, spans: Sequence[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
     """Apply the guideline's span rules to model spans: no edge whitespace or punctuation, no PER or
-    LOC across whitespace (split there), a name never includes the speech verb after it (李友传达 -> 李友, 王凯强|调 -> 王凯), and a
-    one-character PER (a surname alone) is dropped."""
-    from .annotations import QUOTE_MARKS, is_edge_junk
-
+    LOC across whitespace (split there), a name never includes the speech verb after it
+    (李友传达 -> 李友, 王凯强|调 -> 王凯), and a one-character PER (a surname alone) is dropped."""
     pieces = []
     for s, e, lab in spans:  # a name or place never spans whitespace: 长春 江城 are two places
         cut = [s] + [i for i in range(s + 1, e) if text[i].isspace() != text[i - 1].isspace()] + [e]

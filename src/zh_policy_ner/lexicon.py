@@ -289,9 +289,8 @@ def layered(text: str, model_spans: Sequence[NormSpan], gazetteer=None, places=N
             abbreviations: bool = False) -> list[NormSpan]:
     """What prediction outputs: place-name matches (``places``) where the model found nothing (or
     found a truncated place, see :func:`_with_places`), the model's spans, and the gazetteer's
-    matches over both (each layer wins over the ones below);
-    with ``abbreviations``, one-character place abbreviations (:func:`place_abbreviations`) where
-    nothing else stands."""
+    matches over both (each layer wins over the ones below); with ``abbreviations``, one-character
+    place abbreviations (:func:`place_abbreviations`) where nothing else stands."""
     spans = list(model_spans)
     if places is not None:
         spans = _with_places(text, spans, places.tag(text))

@@ -59,6 +59,7 @@ def silver_model_key(cfg: Any) -> str:
             "scraped": str(Path(scfg.scraped).resolve()) if scfg.scraped else None, "seed": cfg.seed,
             "model": str(model.resolve()) if model.exists() else str(model), "epochs": scfg.epochs, "lr": scfg.lr,
             "dropout": [cfg.train.hidden_dropout, cfg.train.attention_dropout], "max_length": cfg.data.max_length,
+            # only when on, so that caches built before the option keep their keys
             "labels": SILVER_LABELS, **({"places": True} if scfg.places else {})}
     return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -132,8 +133,8 @@ def silver_replay(cfg: Any, tokenizer, label_names: list[str], n_windows: int, g
     the model will ship with: training mentions, guideline terms, quoted formulas), its matches are
     laid over the tagger's spans and only windows holding a POLICY match are drawn: silver
     measures in new contexts."""
-    from .lexicon import overlay
     from .dataset import IGNORE_INDEX, build_windows, to_dataset
+    from .lexicon import overlay
 
     scfg = cfg.train.silver
     docs = silver_docs(scfg, cfg.seed, Path(scfg.cache_dir))
