@@ -98,15 +98,29 @@ def progress_callback():
             self.t0, self.step0 = time.time(), state.global_step
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not args.disable_tqdm or not logs or "loss" not in logs or not state.max_steps:
+            if not args.disable_tqdm or not logs or not state.max_steps:
                 return
-            done = state.global_step - self.step0
-            elapsed = time.time() - self.t0
-            eta = elapsed / done * (state.max_steps - state.global_step) if done else float("nan")
-            log.info("step %d/%d  loss %.4f  elapsed %.0fs  eta %.0fs", state.global_step, state.max_steps,
-                     logs["loss"], elapsed, eta)
+            if "loss" in logs:
+                done = state.global_step - self.step0
+                elapsed = time.time() - self.t0
+                eta = elapsed / done * (state.max_steps - state.global_step) if done else float("nan")
+                log.info("step %d/%d  loss %.4f  elapsed %.0fs  eta %.0fs", state.global_step, state.max_steps,
+                         logs["loss"], elapsed, eta)
+            elif any(k.startswith("eval_") for k in logs):
+                log.info("step %d/%d  %s", state.global_step, state.max_steps,
+                         "  ".join(f"{k} {v:.4g}" for k, v in logs.items() if k.startswith("eval_")
+                                   and isinstance(v, float) and "runtime" not in k and "per_second" not in k))
 
     return EtaLogger()
+
+
+def attach_progress(trainer) -> None:
+    """Progress as one log line per logging step (:func:`progress_callback`) in place of the raw
+    dicts that Trainer prints when there is no progress bar (each step would show twice)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(progress_callback())
 
 
 def save_half(model, tokenizer, folder: Path) -> None:

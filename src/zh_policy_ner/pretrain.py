@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .corpus import RawDoc, inews_texts, iter_documents
-from .modeling import progress_callback, use_bf16
+from .modeling import attach_progress, use_bf16
 from .text import normalize
 from .tokenization import build_vocab, make_tokenizer, unknown_rate
 
@@ -284,8 +284,9 @@ def pretrain(cfg: Any) -> PretrainResult:
         processing_class=tokenizer,
         compute_metrics=compute_metrics,
         preprocess_logits_for_metrics=lambda logits, labels: logits.argmax(-1),
-        callbacks=[_time_limit_callback(cfg.max_minutes), progress_callback()],
+        callbacks=[_time_limit_callback(cfg.max_minutes)],
     )
+    attach_progress(trainer)
     train_out = trainer.train(resume_from_checkpoint=last)
     trainer.save_model(str(out / "last"))
     tokenizer.save_pretrained(str(out / "last"))

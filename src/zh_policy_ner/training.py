@@ -18,7 +18,7 @@ import torch
 
 from .dataset import PreparedData, PreparedDoc, load_prepared
 from .metrics import entity_scores
-from .modeling import progress_callback, use_bf16
+from .modeling import attach_progress, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,9 @@ def fit(model, tokenizer, train_ds, tcfg: Any, output_dir: Path, dev_ds=None):
         eval_dataset=dev_ds if has_dev else None,
         data_collator=DataCollatorForTokenClassification(tokenizer),
         processing_class=tokenizer,
-        callbacks=[progress_callback()] + ([EarlyStoppingCallback(tcfg.early_stopping_patience)] if has_dev else []),
+        callbacks=[EarlyStoppingCallback(tcfg.early_stopping_patience)] if has_dev else [],
     )
+    attach_progress(trainer)
     last = get_last_checkpoint(str(output_dir)) if tcfg.resume and output_dir.exists() else None
     trainer.resumed_from_step = 0
     if last:
