@@ -11,7 +11,9 @@ if __name__ == "__main__":
     p.add_argument("--model-dir", default=str(ROOT / "outputs" / "model"))
     p.add_argument("--input", default=str(ROOT.parent / "shared" / "scraped"), help="reports to repeat (read in place)")
     p.add_argument("--docs", type=int, default=800)
-    p.add_argument("--systems", default="pipeline,ours:fp32,ours:bf16,ours:int8")
+    p.add_argument("--systems", default="pipeline,ours:fp32,ours:bf16,ours:int8,onnx:int8,predict.py",
+                   help="comma-separated: pipeline, ours:fp32|bf16|int8|auto (torch), onnx:int8|fp32 (ONNX Runtime), "
+                        "predict.py[:auto|torch|onnx] (the whole predict command)")
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--stride", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)

@@ -1,4 +1,5 @@
-"""Masked-LM pretraining of the embedded char BERT: `python scripts/pretrain.py [overrides]`."""
+"""Masked-LM pretraining of the embedded char BERT: `python scripts/pretrain.py [overrides]`; exports to
+outputs/models/zh-policy-char-bert (the shipped models/ copy only with `pretrain.export_dir=models/zh-policy-char-bert`)."""
 import os
 from pathlib import Path
 
@@ -7,8 +8,12 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from zh_policy_ner.cli import checkpoints_kept, script  # noqa: E402
+
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
+@script(lambda cfg: checkpoints_kept(cfg.pretrain.output_dir, f"pretrain.save_steps={cfg.pretrain.save_steps} steps",
+                                     "pretraining"))
 def main(cfg: DictConfig) -> None:
     from zh_policy_ner.pretrain import pretrain
 

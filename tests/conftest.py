@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SCRAPED = ROOT.parent / "shared" / "scraped"
 SEED_IDS = sorted(p.stem for p in (ROOT / "seeds").glob("*.txt"))
+SEEDS_ANN = ROOT / "annotations" / "seeds.jsonl"  # the five seeds alone, for tests that need few documents
 
 
 def compose(*overrides: str):

@@ -1,5 +1,6 @@
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -43,14 +44,24 @@ def write(ws, *records, raw_lines=()):
 def test_shipped_annotations_are_valid_and_cover_every_seed():
     docs, errors = load_annotations(ROOT / "annotations")
     assert errors == []
-    assert sorted(d.doc_id for d in docs) == SEED_IDS
+    assert set(SEED_IDS) <= {d.doc_id for d in docs}
     labels = {s.label for d in docs for s in d.spans}
     assert labels == {"PER", "LOC", "POLICY"}
     for d in docs:
-        assert (ROOT / d.source).read_bytes() == (ROOT.parent / "shared" / d.source).read_bytes() \
-            if (ROOT.parent / "shared" / d.source).exists() else True
+        assert not Path(d.source).is_absolute() and ".." not in Path(d.source).parts
+        shared = ROOT.parent / "shared" / d.source   # seeds/ and scraped/ are byte-identical copies
+        if shared.exists():
+            assert (ROOT / d.source).read_bytes() == shared.read_bytes()
         for s in d.spans:
             assert d.text[s.start:s.end] == s.text
+
+
+def test_labelled_scraped_reports_keep_their_sources_row():
+    rows = {line.split("\t")[0]: line for line in (ROOT / "scraped" / "SOURCES.tsv").read_text(encoding="utf-8").splitlines()[1:]}
+    docs, _ = load_annotations(ROOT / "annotations")
+    copied = sorted(Path(d.source).name for d in docs if d.source.startswith("scraped/"))
+    assert copied and all(name in rows for name in copied)
+    assert sorted(p.name for p in (ROOT / "scraped").glob("*.txt")) == copied   # only labelled reports are copied
 
 
 def test_valid_record_loads(workspace):

@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 from zh_policy_ner.annotations import load_annotations
 from zh_policy_ner.dataset import (
     bio_label_names,
+    grouped_folds,
     leave_one_out,
     prepare,
     spans_to_tags,
@@ -12,7 +13,7 @@ from zh_policy_ner.dataset import (
     tags_to_spans,
 )
 
-from .conftest import ROOT, SEED_IDS, compose
+from .conftest import ROOT, SEED_IDS, SEEDS_ANN, compose
 
 
 @st.composite
@@ -44,20 +45,33 @@ def test_splits_are_by_article():
     assert split_docs(ids, heldout=["c"], dev=["b"])["train"] == ["a"]
     with pytest.raises(KeyError, match="zz"):
         split_docs(ids, heldout=["zz"])
-    assert leave_one_out(ids) == [(["b", "c"], "a"), (["a", "c"], "b"), (["a", "b"], "c")]
+    assert leave_one_out(ids) == [(["b", "c"], ["a"]), (["a", "c"], ["b"]), (["a", "b"], ["c"])]
+
+
+def test_grouped_folds_never_split_an_article():
+    ids = [f"d{i:02d}" for i in range(23)]
+    folds = grouped_folds(ids, 5, seed=1)
+    tested = [d for _, test in folds for d in test]
+    assert sorted(tested) == ids                       # every article tested exactly once
+    for train, test in folds:
+        assert not set(train) & set(test) and sorted(train + test) == ids
+    assert {len(t) for _, t in folds} == {4, 5}
+    assert grouped_folds(ids, 5, seed=1) == folds and grouped_folds(ids, 5, seed=2) != folds
+    with pytest.raises(ValueError, match="eval.k=30"):
+        grouped_folds(ids, 30, seed=1)
 
 
 @pytest.fixture(scope="module")
 def prepared(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
     cfg = compose(f"model.name_or_path={tiny_model_dir}", f"data.output_dir={out}", "data.max_length=64",
-                  "data.stride=16", f"data.heldout=[{SEED_IDS[-1]}]", "data.loao_folds=true")
+                  "data.stride=16", f"data.heldout=[{SEED_IDS[-1]}]", "data.loao_folds=true", f"data.annotations={SEEDS_ANN}")
     return prepare(cfg)
 
 
 def test_prepare_counts_match_annotations(prepared):
     data, out = prepared
-    docs, _ = load_annotations(ROOT / "annotations")
+    docs, _ = load_annotations(SEEDS_ANN)
     assert data.manifest["dropped_spans"] == []
     for split, info in data.manifest["splits"].items():
         expected = {}

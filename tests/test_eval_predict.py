@@ -10,7 +10,7 @@ from zh_policy_ner.evaluation import evaluate
 from zh_policy_ner.metrics import entity_scores, error_cases, write_error_report
 from zh_policy_ner.predict import done_ids, run_predict
 
-from .conftest import ROOT, SEED_IDS, compose
+from .conftest import ROOT, SEED_IDS, SEEDS_ANN, compose
 
 
 def test_error_report_on_crafted_case(tmp_path):
@@ -149,6 +149,39 @@ def test_one_cv_fold_end_to_end(tiny_model_dir, tmp_path):
     assert (tmp_path / "again" / "folds" / SEED_IDS[2] / "model.safetensors").read_bytes() == weights
 
 
+def test_cv_resumes_from_fold_cache_and_inference_ablations_do_not_retrain(tiny_model_dir, tmp_path):
+    base = [f"model.name_or_path={tiny_model_dir}", f"eval.output_dir={tmp_path}", "data.max_length=64",
+            "data.stride=16", "train.max_steps=2", "train.bf16=false", "eval.k=2", "eval.baselines=[]",
+            f"data.annotations={SEEDS_ANN}"]
+    first, _ = evaluate(compose(*base))
+    assert sorted(first["documents"]) == SEED_IDS              # two folds by article cover every article once
+    weights = sorted((tmp_path / "folds").glob("fold*/model.safetensors"))
+    assert len(weights) == 2
+    stamps = [w.stat().st_mtime_ns for w in weights]
+    ablation, _ = evaluate(compose(*base, "infer.places=false"))   # inference only: re-scored from the cache
+    assert [w.stat().st_mtime_ns for w in weights] == stamps
+    assert ablation["micro"]["model"] == first["micro"]["model"]
+    weights[1].parent.joinpath("fold_predictions.json").unlink()   # as if interrupted in the second fold
+    evaluate(compose(*base))
+    assert weights[0].stat().st_mtime_ns == stamps[0] and weights[1].stat().st_mtime_ns != stamps[1]
+    evaluate(compose(*base, "train.lr=1e-3"))                     # a training setting: every fold retrains
+    assert weights[0].stat().st_mtime_ns != stamps[0]
+
+
+def test_learning_curve_on_three_documents(tiny_model_dir, tmp_path):
+    lines = (ROOT / "annotations" / "seeds.jsonl").read_text(encoding="utf-8").splitlines()[:3]
+    ann = tmp_path / "three.jsonl"
+    ann.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    results, out = evaluate(compose(f"model.name_or_path={tiny_model_dir}", f"eval.output_dir={tmp_path / 'eval'}",
+                                    f"data.annotations={ann}", "data.max_length=64", "data.stride=16",
+                                    "train.max_steps=2", "train.bf16=false", "eval.mode=curve", "eval.k=3",
+                                    "eval.curve_sizes=[1,2]"))
+    assert [r["train_docs"] for r in results["rows"]] == [1, 2]
+    assert all({"model", "model+lexicons"} <= set(r) for r in results["rows"])
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| 1 |" in (out / "curve.md").read_text(encoding="utf-8")
+
+
 @pytest.fixture(scope="module")
 def model_dir(tiny_model_dir, tmp_path_factory):
     from zh_policy_ner.training import train
@@ -266,8 +299,8 @@ def test_labelstudio_and_doccano_round_trip(fmt, tmp_path):
         row["label"].append([0, 3, "BOGUS"])
         exported.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
     out = tmp_path / "annotations" / "new.jsonl"
-    docs, problems = import_corrected(exported, fmt, out, root=tmp_path)
-    assert len(problems) == (1 if fmt == "doccano" else 0)
+    report = import_corrected(exported, fmt, out, root=tmp_path)
+    assert len(report.problems) == (1 if fmt == "doccano" else 0)
     loaded, errors = load_annotations(out, root=tmp_path)
     assert errors == []
     assert [(s.start, s.end, s.label, s.text) for s in loaded[0].spans] == [
@@ -303,3 +336,15 @@ def test_benchmark_runs_both_systems(model_dir, tmp_path):
     assert all(r["docs"] == 3 and r["chars_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
     assert rows[1]["agreement_f1_vs_fp32"] == 1.0
     assert "speed-up vs pipeline" in (tmp_path / "b" / "bench.md").read_text()
+
+
+def test_gazetteer_modes_decide_who_wins_an_overlap():
+    text = "要落实排查管控和全员核酸检测"
+    gaz = DictionaryTagger({"排查": "POLICY", "全员核酸检测": "POLICY"})
+    model = [(3, 7, "POLICY"), (10, 14, "POLICY")]          # 排查管控 (longer), 核酸检测 (shorter)
+    words = lambda spans: [text[s:e] for s, e, _ in spans]  # noqa: E731
+    assert words(layered(text, model, gaz, gazetteer_mode="overwrite")) == ["排查", "全员核酸检测"]
+    assert words(layered(text, model, gaz, gazetteer_mode="fill")) == ["排查管控", "核酸检测"]
+    assert words(layered(text, model, gaz, gazetteer_mode="longest")) == ["排查管控", "全员核酸检测"]
+    with pytest.raises(ValueError, match="gazetteer_mode"):
+        layered(text, model, gaz, gazetteer_mode="sideways")

@@ -13,8 +13,18 @@ from .conftest import ROOT, compose
 
 def test_default_model_config_points_to_the_shipped_model():
     cfg = compose()
-    assert cfg.model.name_or_path == str(DEFAULT_MODEL_DIR) == cfg.train.silver.export_dir
-    assert cfg.pretrain.export_dir == str(MLM_MODEL_DIR) == compose("model=embedded_mlm").model.name_or_path
+    assert cfg.model.name_or_path == str(DEFAULT_MODEL_DIR)
+    assert compose("model=embedded_mlm").model.name_or_path == str(MLM_MODEL_DIR)
+
+
+def test_rebuilding_the_shipped_models_writes_to_outputs_unless_named():
+    cfg = compose()
+    outputs = f"{cfg.paths.output_dir}/models/"
+    assert cfg.train.silver.export_dir == outputs + DEFAULT_MODEL_DIR.name
+    assert cfg.pretrain.export_dir == outputs + MLM_MODEL_DIR.name
+    assert compose(f"pretrain.export_dir={MLM_MODEL_DIR}").pretrain.export_dir == str(MLM_MODEL_DIR)
+    for card in (MLM_MODEL_DIR / "README.md", DEFAULT_MODEL_DIR / "README.md"):  # the rebuild command names models/
+        assert f"export_dir=models/{card.parent.name}" in card.read_text(encoding="utf-8")
 
 
 def test_shipped_model_loads_offline_small_and_covers_the_reports(seed_texts):

@@ -192,3 +192,52 @@ def test_same_seed_same_weights(tiny_model_dir, tmp_path):
         train(tiny_train_cfg(tiny_model_dir, tmp_path / name, "train.max_steps=3"))
     wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_param_groups_decay_by_layer_and_lift_the_head(tiny_model_dir):
+    from zh_policy_ner.training import build_model, param_groups
+
+    model = build_model(str(tiny_model_dir), ["O", "B-PER", "I-PER"])
+    groups = param_groups(model, 1e-3, head_multiplier=10, layer_decay=0.5)
+    rate = {id(p): g["lr"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert rate[id(named["classifier.weight"])] == pytest.approx(1e-2)
+    assert rate[id(named["bert.encoder.layer.1.output.dense.weight"])] == pytest.approx(1e-3)   # top of 2 layers
+    assert rate[id(named["bert.encoder.layer.0.output.dense.weight"])] == pytest.approx(5e-4)
+    assert rate[id(named["bert.embeddings.word_embeddings.weight"])] == pytest.approx(2.5e-4)
+    assert sum(len(g["params"]) for g in groups) == len(named)
+
+
+def test_lexicon_features_are_cross_fitted_and_rebuilt_at_prediction(tiny_model_dir, tmp_path):
+    from transformers import AutoConfig
+
+    from zh_policy_ner.dataset import load_prepared
+    from zh_policy_ner.features import LexiconFeatures
+    from zh_policy_ner.lexicon import DictionaryTagger
+    from zh_policy_ner.modeling import load_tokenizer
+    from zh_policy_ner.training import train, with_features
+
+    from .conftest import SEEDS_ANN
+
+    feats = LexiconFeatures(("PER", "LOC", "POLICY"), DictionaryTagger({"谭作钧": "PER", "核酸检测": "POLICY"}))
+    assert feats.char_ids("市委书记谭作钧要求核酸检测").tolist() == [0, 0, 0, 0, 1, 2, 2, 0, 0, 5, 6, 6, 6]
+    cfg = compose(f"model.name_or_path={tiny_model_dir}", f"train.output_dir={tmp_path}", "data.max_length=64",
+                  "data.stride=16", "train.max_steps=2", "train.bf16=false", "train.lexicon_features=true",
+                  f"data.annotations={SEEDS_ANN}", "train.gazetteer.guideline_terms=null",
+                  "train.gazetteer.quoted_formulas=false", "train.gazetteer.measure_phrases=false")
+    # cross-fitting: a name that only one training article holds is not a feature of that article
+    data = load_prepared(cfg, load_tokenizer(str(tiny_model_dir)))
+    gold = [data.docs[i] for i in data.manifest["splits"]["train"]["doc_ids"]]
+    full = LexiconFeatures(feats.labels, DictionaryTagger({d.norm.text[s:e]: lab for d in gold for s, e, lab in d.spans}))
+    ds = with_features(data.datasets["train"], data, gold, cfg, [], full)
+    doc = next(d for d in gold if "谭作钧" in d.norm.text)
+    assert not any("谭作钧" in d.norm.text for d in gold if d is not doc)
+    at = doc.norm.text.index("谭作钧")
+    row = next(r for r in ds if r["doc_id"] == doc.doc_id and any(s == at for s, _ in r["offset_mapping"]))
+    k = [s for s, _ in row["offset_mapping"]].index(at)
+    assert full.char_ids(doc.norm.text)[at] == 1 and row["token_type_ids"][k] == 0
+    train(cfg)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert config.lexicon_features == ["PER", "LOC", "POLICY"] and config.type_vocab_size == 7
+    predictor = Predictor.from_pretrained(str(tmp_path))
+    assert predictor.features is not None and predictor.predict(["市委书记谭作钧主持会议。"])

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .text import DecodeError, decode_bytes
+from .text import DecodeError, decode_bytes, jsonl_lines
 
 LABELS = ("PER", "LOC", "POLICY")
 QUOTE_MARKS = set("“”‘’「」『』\"'《》〈〉")
@@ -131,7 +131,13 @@ def _validate_record(record, file: str, line: int, root: Path, labels) -> tuple[
     if missing:
         err(f"missing field(s): {', '.join(missing)}")
         return None, errs
+    if not isinstance(record["source"], str) or not record["source"]:
+        err(f"source must be a path (a string), got {record['source']!r}")
+        return None, errs
     source = root / record["source"]
+    if not source.resolve().is_relative_to(root.resolve()):
+        err(f"source {record['source']!r} lies outside the root {root}; annotations may only point into it")
+        return None, errs
     try:
         data = source.read_bytes()
     except OSError as e:
@@ -192,9 +198,7 @@ def load_annotations(
     errors: list[AnnotationError] = []
     seen: dict[str, str] = {}
     for file in files:
-        for lineno, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
+        for lineno, line in jsonl_lines(file.read_text(encoding="utf-8")):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:

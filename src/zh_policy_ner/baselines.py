@@ -58,7 +58,10 @@ class JiebaTagger:
 def _thulac():
     import thulac
 
-    return thulac.thulac()
+    from .cli import silenced_stdout
+
+    with silenced_stdout():  # "Model loaded succeed", printed by THULAC (quiet=false lets it through)
+        return thulac.thulac()
 
 
 class ThulacTagger:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .text import DecodeError, decode_bytes, looks_binary
+from .text import DecodeError, decode_bytes, jsonl_lines, looks_binary
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ def _jsonl_lines(path: Path) -> Iterator[tuple[int, str | DecodeError]]:
         f.seek(0)
         if head.startswith((b"\xff\xfe", b"\xfe\xff")):
             try:
-                yield from enumerate(decode_bytes(f.read(), source=str(path)).splitlines(), start=1)
+                text = decode_bytes(f.read(), source=str(path)).replace("\r\n", "\n")
+                yield from jsonl_lines(text)
             except DecodeError as err:
                 yield 0, err
             return
@@ -157,7 +158,7 @@ def read_appended_jsonl(path: Path) -> list[dict]:
         with path.open("r+b") as f:
             f.truncate(cut)
         data = data[:cut]
-    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    return [json.loads(line) for _, line in jsonl_lines(data.decode("utf-8"))]
 
 
 def inews_texts() -> list[str]:

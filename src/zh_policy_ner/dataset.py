@@ -155,9 +155,21 @@ def split_docs(doc_ids: Sequence[str], heldout: Sequence[str] = (), dev: Sequenc
     return out
 
 
-def leave_one_out(doc_ids: Sequence[str], folds: Sequence[str] | None = None) -> list[tuple[list[str], str]]:
-    """Leave-one-article-out folds: ``(train ids, test id)`` for each id in ``folds`` (default all)."""
-    return [([d for d in doc_ids if d != test], test) for test in (folds or doc_ids)]
+def leave_one_out(doc_ids: Sequence[str], folds: Sequence[str] | None = None) -> list[tuple[list[str], list[str]]]:
+    """Leave-one-article-out folds: ``(train ids, [test id])`` for each id in ``folds`` (default all)."""
+    return [([d for d in doc_ids if d != test], [test]) for test in (folds or doc_ids)]
+
+
+def grouped_folds(doc_ids: Sequence[str], k: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """``k`` folds by article (scikit-learn's ``KFold`` over shuffled articles, fixed by ``seed``):
+    every article is tested exactly once and its windows never straddle train and test."""
+    from sklearn.model_selection import KFold
+
+    ids = sorted(doc_ids)
+    if not 2 <= k <= len(ids):
+        raise ValueError(f"eval.k={k}: need 2 <= k <= {len(ids)} (the number of articles); 0 means leave-one-article-out")
+    return [([ids[i] for i in tr], [ids[i] for i in te])
+            for tr, te in KFold(n_splits=k, shuffle=True, random_state=seed).split(ids)]
 
 
 # --------------------------------------------------------------------------- the stage
@@ -245,15 +257,46 @@ def prepare(cfg: Any, tokenizer=None) -> tuple[PreparedData, Path]:
     out = Path(cfg.data.output_dir)
     _save(data, out)
     if cfg.data.loao_folds:  # one train/heldout pair per article, as scripts/evaluate.py uses them
-        for train_ids, test_id in leave_one_out([d.doc_id for d in docs]):
+        for train_ids, (test_id,) in leave_one_out([d.doc_id for d in docs]):
             fold = prepare_docs(docs, tokenizer, {"train": train_ids, "heldout": [test_id]},
                                 bio_label_names(cfg.data.labels), cfg.data.max_length, cfg.data.stride)
             _save(fold, out / "folds" / test_id)
     return data, out
 
 
+PREPARED_ENTRIES = {"train", "dev", "heldout", "folds", "manifest.json"}  # all that _save and prepare write
+
+
 def _save(data: PreparedData, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for split, ds in data.datasets.items():
-        ds.save_to_disk(str(out / split))
-    (out / "manifest.json").write_text(json.dumps(data.manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    """Write the datasets and manifest into a temporary sibling folder, then put it in place of
+    ``out`` by renaming: no split of an earlier run (a stale ``heldout``) survives, and an
+    interrupted run leaves the previous folder as it was. Refuses to replace a folder holding
+    anything that the prepare stage does not write (a mistyped ``data.output_dir``)."""
+    import os
+    import shutil
+
+    from .cli import UsageError
+
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in PREPARED_ENTRIES)
+        if foreign:
+            raise UsageError(f"{out} holds files the prepare stage did not write ({', '.join(foreign[:5])}): "
+                                  f"not replacing it; point data.output_dir at a new or prepared folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        for split, ds in data.datasets.items():
+            ds.save_to_disk(str(tmp / split))
+        (tmp / "manifest.json").write_text(json.dumps(data.manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            os.replace(old, out)  # put the previous folder back
+        raise
+    shutil.rmtree(old, ignore_errors=True)

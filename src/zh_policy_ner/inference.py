@@ -164,16 +164,23 @@ class Predictor:
 
     def __init__(self, model, tokenizer, max_length: int = 256, stride: int = 64, batch_size: int = 32,
                  device: str | None = None, precision: str = "auto", decode: str = "viterbi", gazetteer=None,
-                 places=None, abbreviations: bool = False):
+                 places=None, abbreviations: bool = False, gazetteer_mode: str = "overwrite", runner=None,
+                 features=None):
         """``decode``: ``viterbi`` (best valid BIO sequence) or ``argmax`` (per token). ``gazetteer``: a
         :class:`~zh_policy_ner.lexicon.DictionaryTagger` whose matches override overlapping model
         spans (score ``None``); ``places``: one whose matches fill in where the model found nothing;
         ``abbreviations``: one-character place abbreviations (see :func:`~zh_policy_ner.lexicon.layered`). ``precision``: ``fp32``; ``bf16`` (weights cast to bfloat16: 1.4x faster than autocast on
         the 2-core AMX CPU, same spans on the benchmark); ``int8`` (dynamic quantisation of the
-        linear layers, CPU); ``auto`` = bf16 on GPUs and on CPUs with AMX/AVX512-BF16, else fp32."""
+        linear layers, CPU); ``auto`` = bf16 on GPUs and on CPUs with AMX/AVX512-BF16, else fp32.
+        ``runner``: an :class:`~zh_policy_ner.onnx_backend.OrtRunner` that computes the logits in
+        place of ``model`` (ONNX Runtime, CPU; ``model`` then only gives the labels)."""
         from .modeling import use_bf16
 
         self.tokenizer = tokenizer
+        self.runner = runner
+        self.features = features  # LexiconFeatures for a model trained with lexicon features (token-type ids)
+        if runner is not None:
+            device, precision = "cpu", "fp32"  # the torch model stays as it is: it does no forward pass
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = model.to(self.device).eval()
         if precision == "auto":
@@ -190,7 +197,8 @@ class Predictor:
         self.gazetteer = gazetteer
         self.places = places
         self.abbreviations = abbreviations
-        self.precision = precision
+        self.gazetteer_mode = gazetteer_mode
+        self.precision = precision if runner is None else runner.name
         if precision == "bf16" and next(model.parameters()).dtype != torch.bfloat16:
             model = copy.deepcopy(model).to(torch.bfloat16)  # the caller's model (a trainer's) stays as it is
         self.model = model
@@ -201,14 +209,22 @@ class Predictor:
         self.labels = [lab for _, lab in sorted((int(k), v) for k, v in model.config.id2label.items())]
 
     @classmethod
-    def from_pretrained(cls, model_dir: str, gazetteer: bool = False, places: bool = False, **kwargs) -> "Predictor":
+    def from_pretrained(cls, model_dir: str, gazetteer: bool = False, places: bool = False, backend: str = "torch",
+                        num_threads: int | None = None, **kwargs) -> "Predictor":
         """Load a trained folder; ``gazetteer=True`` also loads its ``gazetteer.json`` (the training
         mentions and guideline terms written by the train stage) and fails if there is none;
-        ``places=True`` adds China's administrative place names (:func:`~zh_policy_ner.lexicon.admin_places`)."""
+        ``places=True`` adds China's administrative place names (:func:`~zh_policy_ner.lexicon.admin_places`).
+        ``backend``: ``torch``, ``onnx`` (ONNX Runtime on CPU: int8 for precision ``auto``/``int8``,
+        fp32 for ``fp32``; exported once and cached in ``<model_dir>/onnx``, see
+        :mod:`~zh_policy_ner.onnx_backend`) or ``auto`` (onnx on CPU when onnxruntime is installed
+        and the precision is ``auto``/``int8``, except on bf16 CPUs; else torch: see
+        :func:`~zh_policy_ner.onnx_backend.resolve_backend`); ``num_threads``: ONNX Runtime's threads."""
+        import logging
         from pathlib import Path
 
-        from transformers import AutoModelForTokenClassification
+        from transformers import AutoConfig, AutoModelForTokenClassification
 
+        from .features import LexiconFeatures, feature_labels
         from .lexicon import DictionaryTagger, place_tagger
         from .modeling import load_tokenizer, resolve_model_path
 
@@ -220,10 +236,30 @@ class Predictor:
             kwargs["gazetteer"] = DictionaryTagger.load(gaz)
         if places:
             kwargs["places"] = place_tagger()
-        return cls(AutoModelForTokenClassification.from_pretrained(path), load_tokenizer(path), **kwargs)
+        labels = feature_labels(AutoConfig.from_pretrained(path))
+        if labels:  # trained with lexicon features: the saved gazetteer is part of the model's input
+            gaz = Path(path) / GAZETTEER_FILE
+            if not gaz.exists():
+                raise FileNotFoundError(f"{gaz} not found: this model was trained with lexicon features and needs it")
+            kwargs["features"] = LexiconFeatures(labels, kwargs.get("gazetteer") or DictionaryTagger.load(gaz),
+                                                 kwargs.get("places") or place_tagger())
+        if backend != "torch":
+            from .onnx_backend import load_runner, resolve_backend
+
+            if resolve_backend(backend, kwargs.get("device"), kwargs.get("precision", "auto")) == "onnx":
+                try:
+                    kwargs["runner"] = load_runner(path, kwargs.get("precision", "auto"), num_threads)
+                except Exception as err:  # auto: the torch forward is always there to fall back on
+                    if backend == "onnx":
+                        raise
+                    logging.getLogger(__name__).warning("ONNX backend unavailable (%s: %s): using torch",
+                                                        type(err).__name__, err)
+        predictor = cls(AutoModelForTokenClassification.from_pretrained(path), load_tokenizer(path), **kwargs)
+        logging.getLogger(__name__).info("inference backend: %s on %s", predictor.precision, predictor.device)
+        return predictor
 
     @torch.inference_mode()
-    def _window_probs(self, input_ids: list[list[int]]) -> list[np.ndarray]:
+    def _window_probs(self, input_ids: list[list[int]], type_ids: list[list[int]] | None = None) -> list[np.ndarray]:
         order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
         out: list[np.ndarray | None] = [None] * len(input_ids)
         pad = self.tokenizer.pad_token_id or 0
@@ -232,10 +268,17 @@ class Predictor:
             width = max(len(input_ids[i]) for i in idx)
             ids = torch.full((len(idx), width), pad, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
+            types = torch.zeros((len(idx), width), dtype=torch.long) if type_ids is not None else None
             for r, i in enumerate(idx):
                 ids[r, : len(input_ids[i])] = torch.tensor(input_ids[i])
                 mask[r, : len(input_ids[i])] = 1
-            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                if types is not None:
+                    types[r, : len(type_ids[i])] = torch.tensor(type_ids[i])
+            if self.runner is not None:
+                logits = torch.from_numpy(self.runner(ids.numpy(), mask.numpy(), *([] if types is None else [types.numpy()])))
+            else:
+                extra = {} if types is None else {"token_type_ids": types.to(self.device)}
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **extra).logits
             probs = torch.softmax(logits.float(), -1).cpu().numpy()
             for r, i in enumerate(idx):
                 out[i] = probs[r, : len(input_ids[i])]
@@ -246,7 +289,12 @@ class Predictor:
         if not norms:
             return []
         enc = encode_windows(self.tokenizer, [n.text for n in norms], self.max_length, self.stride)
-        probs = self._window_probs(enc["input_ids"])
+        type_ids = None
+        if self.features is not None:
+            chars = [self.features.char_ids(n.text) for n in norms]
+            type_ids = [[int(chars[d][s]) if e > s else 0 for s, e in offsets]
+                        for d, offsets in zip(enc["overflow_to_sample_mapping"], enc["offset_mapping"])]
+        probs = self._window_probs(enc["input_ids"], type_ids)
         merged = merge_windows(len(norms), enc["overflow_to_sample_mapping"], enc["offset_mapping"], probs)
         means = [m for _, _, m in merged]
         paths = decode_bio(means, self.labels) if self.decode == "viterbi" else [m.argmax(1) for m in means]
@@ -257,7 +305,8 @@ class Predictor:
             conf = mean[np.arange(len(ids)), ids]
             tags = char_tags_from_tokens(len(norm.text), offsets, token_tags)
             model_spans = tidy_spans(norm.text, tags_to_spans(tags))
-            norm_spans = layered(norm.text, model_spans, self.gazetteer, self.places, self.abbreviations)
+            norm_spans = layered(norm.text, model_spans, self.gazetteer, self.places, self.abbreviations,
+                                 self.gazetteer_mode)
             from_model = set(model_spans)
             spans = []
             for s, e, lab in norm_spans:

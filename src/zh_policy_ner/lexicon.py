@@ -285,17 +285,29 @@ def place_abbreviations(text: str, spans: Sequence[NormSpan]) -> list[NormSpan]:
     return found
 
 
+GAZETTEER_MODES = ("overwrite", "fill", "longest")
+
+
 def layered(text: str, model_spans: Sequence[NormSpan], gazetteer=None, places=None,
-            abbreviations: bool = False) -> list[NormSpan]:
+            abbreviations: bool = False, gazetteer_mode: str = "overwrite") -> list[NormSpan]:
     """What prediction outputs: place-name matches (``places``) where the model found nothing (or
     found a truncated place, see :func:`_with_places`), the model's spans, and the gazetteer's
-    matches over both (each layer wins over the ones below); with ``abbreviations``, one-character
-    place abbreviations (:func:`place_abbreviations`) where nothing else stands."""
+    matches (``gazetteer_mode``: ``overwrite`` the spans below them, ``fill`` only where nothing
+    stands, or ``longest``: of two overlapping spans the longer wins); with ``abbreviations``,
+    one-character place abbreviations (:func:`place_abbreviations`) where nothing else stands."""
     spans = list(model_spans)
     if places is not None:
         spans = _with_places(text, spans, places.tag(text))
     if gazetteer is not None:
-        spans = overlay(spans, gazetteer.tag(text))
+        found = gazetteer.tag(text)
+        if gazetteer_mode == "fill":
+            spans = overlay(found, spans)
+        elif gazetteer_mode == "longest":
+            spans = overlay(spans, [g for g in found if all(g[1] - g[0] >= m[1] - m[0] for m in spans if m[0] < g[1] and g[0] < m[1])])
+        elif gazetteer_mode == "overwrite":
+            spans = overlay(spans, found)
+        else:
+            raise ValueError(f"gazetteer_mode must be one of {GAZETTEER_MODES}, got {gazetteer_mode!r}")
     if abbreviations:
         spans = sorted(spans + place_abbreviations(text, spans))
     return spans

@@ -123,6 +123,32 @@ def attach_progress(trainer) -> None:
     trainer.add_callback(progress_callback())
 
 
+def last_complete_checkpoint(folder: str | os.PathLike, prune: bool = False) -> str | None:
+    """The newest ``checkpoint-N`` in ``folder`` that Trainer finished writing (its
+    ``trainer_state.json``, written last, is there and parses), or None. Newer half-written ones
+    (a run stopped while saving) are passed over; with ``prune`` each is logged and deleted, since
+    the resumed run writes a checkpoint of that step afresh and stale files must not mix in."""
+    import json
+    import logging
+    import re
+    import shutil
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    steps = {p: int(m.group(1)) for p in folder.iterdir() if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))}
+    for ckpt in sorted(steps, key=steps.get, reverse=True):
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+            return str(ckpt)
+        except (OSError, ValueError):
+            if prune:
+                logging.getLogger(__name__).warning(
+                    "%s is incomplete (no readable trainer_state.json: the run stopped while saving it): removed", ckpt)
+                shutil.rmtree(ckpt, ignore_errors=True)
+    return None
+
+
 def save_half(model, tokenizer, folder: Path) -> None:
     """Save a shippable folder: fp16 safetensors whose config says float32 (loads as fp32), and the
     tokenizer; ``model`` is left in fp32."""

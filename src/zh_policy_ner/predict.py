@@ -4,16 +4,14 @@ Reads a file, a folder (recursive; .txt, .html, .jsonl) or a JSONL file; writes 
 document ``{"doc_id", "source", "spans": [{"start", "end", "label", "text", "score"}]}`` with offsets
 into the raw decoded text; unreadable inputs go to ``<output>.errors.jsonl`` and the run goes on.
 Resumable: documents already in the output are skipped; each line is written and flushed whole, so
-an interrupted run leaves no half-written line. Afterwards: entity CSV, aggregate table, HTML report.
+an interrupted run leaves no half-written line. Afterwards the reports of :mod:`.reports`: entity CSV,
+aggregate table, sentence co-occurrence table, HTML report.
 """
 from __future__ import annotations
 
-import csv
-import html
 import json
 import logging
 import time
-from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 
 from .corpus import DocError, RawDoc, iter_documents, read_appended_jsonl
 from .inference import Predictor
+from .reports import read_predictions, write_reports  # noqa: F401  (read_predictions: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -104,88 +103,56 @@ def predict_files(predictor: Predictor, input_path: str | Path, output: str | Pa
     return PredictSummary(output, n_docs, skipped, n_err, n_chars, time.time() - t0, {})
 
 
-# --------------------------------------------------------------------------- derived outputs
-def read_predictions(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def check_predict_paths(cfg: Any) -> None:
+    """Fail before loading anything, in one line (:class:`~zh_policy_ner.cli.UsageError`), when
+    ``infer.input`` is unset or missing, ``infer.model_dir`` is not a model folder (or a reachable
+    hub name), the folder lacks the gazetteer that ``infer.gazetteer`` asks for, or ``infer.output``
+    is a folder."""
+    from .cli import UsageError
+    from .inference import GAZETTEER_FILE
+    from .modeling import ModelNotAvailable, resolve_model_path
 
-
-def write_entity_csv(records: list[dict], path: Path) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["doc_id", "source", "start", "end", "label", "text", "score"])
-        for r in records:
-            for s in r["spans"]:
-                w.writerow([r["doc_id"], r["source"], s["start"], s["end"], s["label"], s["text"], s.get("score", "")])
-    return path
-
-
-def write_aggregate(records: list[dict], path: Path) -> Path:
-    """One row per (normalised entity, label): mentions and documents, most frequent first."""
-    from .text import normalize
-
-    count: Counter = Counter()
-    docs: dict[tuple[str, str], set] = defaultdict(set)
-    for r in records:
-        for s in r["spans"]:
-            key = (normalize(s["text"]).text, s["label"])
-            count[key] += 1
-            docs[key].add(r["doc_id"])
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["entity", "label", "count", "documents"])
-        for (entity, label), n in sorted(count.items(), key=lambda kv: (-kv[1], kv[0])):
-            w.writerow([entity, label, n, len(docs[(entity, label)])])
-    return path
-
-
-COLORS = {"PER": "#aa9cfc", "LOC": "#ff9561", "POLICY": "#7aecec"}
-
-
-def render_html(records: list[dict], texts: dict[str, str], path: Path, title: str = "zh-policy-ner predictions") -> Path:
-    """A displaCy-style page: each document's raw text with its spans highlighted and labelled."""
-    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:60em;margin:auto;line-height:2}"
-             "mark{padding:.1em .3em;border-radius:.3em}mark span{font-size:.6em;font-weight:bold;margin-left:.3em}"
-             "article{white-space:pre-wrap;border-bottom:1px solid #ccc;padding:1em 0}</style>",
-             f"<h1>{html.escape(title)}</h1><p>" + " ".join(
-                 f"<mark style='background:{c}'>{lab}</mark>" for lab, c in COLORS.items()) + "</p>"]
-    for r in records:
-        text = texts.get(r["doc_id"])
-        parts.append(f"<h2 id='{html.escape(r['doc_id'])}'>{html.escape(r['doc_id'])}</h2><article>")
-        if text is None:
-            parts.append("(source text not available)</article>")
-            continue
-        pos = 0
-        for s in sorted(r["spans"], key=lambda s: s["start"]):
-            parts.append(html.escape(text[pos : s["start"]]))
-            color = COLORS.get(s["label"], "#ddd")
-            parts.append(f"<mark style='background:{color}' title='{s.get('score', '')}'>"
-                         f"{html.escape(text[s['start']:s['end']])}<span>{s['label']}</span></mark>")
-            pos = s["end"]
-        parts.append(html.escape(text[pos:]) + "</article>")
-    path.write_text("".join(parts), encoding="utf-8")
-    return path
-
-
-def write_reports(output: Path, input_path: str | Path, html_max_docs: int = 500) -> dict[str, Path]:
-    """Entity CSV and aggregate table over all documents; HTML report of the first ``html_max_docs``."""
-    records = read_predictions(output)
-    shown = {r["doc_id"] for r in records[:html_max_docs]}
-    texts = {d.doc_id: d.text for d in iter_documents(input_path) if isinstance(d, RawDoc) and d.doc_id in shown}
-    stem = output.with_suffix("")
-    return {
-        "entities_csv": write_entity_csv(records, stem.with_suffix(".entities.csv")),
-        "aggregate_csv": write_aggregate(records, stem.with_suffix(".aggregate.csv")),
-        "html": render_html(records[:html_max_docs], texts, stem.with_suffix(".html")),
-    }
+    infer = cfg.infer
+    if infer.get("input") in (None, ""):
+        raise UsageError("infer.input is not set: point it at a report file, a folder of reports or a JSONL file "
+                         "(infer.input=PATH)")
+    if not Path(infer.input).exists():
+        raise UsageError(f"infer.input={infer.input} does not exist: point it at a report file, a folder of reports "
+                         f"or a JSONL file")
+    model = infer.get("model_dir")
+    train_hint = "train one first (python scripts/train.py) or set infer.model_dir=DIR"
+    if model in (None, ""):
+        raise UsageError(f"infer.model_dir is not set: {train_hint}")
+    folder = Path(str(model)).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").exists():
+            raise UsageError(f"infer.model_dir={model} has no config.json: not a trained model folder; {train_hint}")
+        if infer.gazetteer and not (folder / GAZETTEER_FILE).exists():
+            raise UsageError(f"infer.model_dir={model} has no {GAZETTEER_FILE}: train the model with this version "
+                             f"or set infer.gazetteer=false")
+    else:
+        # a path (absolute, relative to an existing folder, more than owner/name) is a missing folder;
+        # anything else may be a hub name, accepted only if cached or reachable
+        hub_like = not folder.is_absolute() and len(folder.parts) <= 2 and not str(model).startswith((".", "~")) \
+            and (len(folder.parts) == 1 or not folder.parent.exists())
+        try:
+            if not hub_like:
+                raise ModelNotAvailable(str(model))
+            resolve_model_path(str(model))
+        except ModelNotAvailable:
+            raise UsageError(f"infer.model_dir={model}: no such model folder; {train_hint}") from None
+    output = Path(infer.output)
+    if output.is_dir():
+        raise UsageError(f"infer.output={infer.output} is a folder: give a file name (infer.output=FILE.jsonl)")
 
 
 def run_predict(cfg: Any) -> PredictSummary:
-    """The predict stage as configured by the ``infer`` group."""
+    """The predict stage as configured by the ``infer`` group (inputs and model checked first)."""
     import os
 
     import torch
 
+    check_predict_paths(cfg)
     if cfg.infer.num_threads:
         torch.set_num_threads(cfg.infer.num_threads)
     # Under torchrun (or any launcher setting RANK/WORLD_SIZE) each process takes its own shard of
@@ -201,8 +168,15 @@ def run_predict(cfg: Any) -> PredictSummary:
                                           stride=cfg.infer.stride, batch_size=cfg.infer.batch_size,
                                           precision=cfg.infer.precision, decode=cfg.infer.decode, gazetteer=cfg.infer.gazetteer,
                                           places=cfg.infer.places, abbreviations=cfg.infer.abbreviations,
-                                          device=device)
-    summary = predict_files(predictor, cfg.infer.input, output, shard=(rank, world), progress=rank == 0)
+                                          gazetteer_mode=cfg.infer.gazetteer_mode, device=device,
+                                          backend=cfg.infer.get("backend", "torch"), num_threads=cfg.infer.num_threads)
+    fresh = not output.exists()
+    try:
+        summary = predict_files(predictor, cfg.infer.input, output, shard=(rank, world), progress=rank == 0)
+    except BaseException:  # Ctrl-C or a failure before the first document: no empty output is left behind
+        if fresh and output.exists() and output.stat().st_size == 0:
+            output.unlink()
+        raise
     if cfg.infer.reports and world == 1:
         summary.extras = write_reports(summary.output, cfg.infer.input, cfg.infer.html_max_docs)
     return summary

@@ -213,7 +213,8 @@ def _time_limit_callback(max_minutes: float | None):
 def pretrain(cfg: Any) -> PretrainResult:
     """Run masked-LM pretraining as configured by the ``pretrain`` group; export the model folder."""
     from transformers import Trainer, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
+
+    from .modeling import last_complete_checkpoint
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -224,7 +225,8 @@ def pretrain(cfg: Any) -> PretrainResult:
     train_texts, held_texts = split_heldout(texts, cfg.corpus.heldout_fraction, cfg.seed)
     log.info("corpus: %d articles (%d held out), %d characters", len(texts), len(held_texts), sum(map(len, texts)))
 
-    last = get_last_checkpoint(str(out)) if cfg.resume and out.exists() else None
+    # a checkpoint half-written when a run stopped (no trainer_state.json) is passed over and removed
+    last = last_complete_checkpoint(out, prune=True) if cfg.resume else None
     if last and not (Path(last) / "tokenizer.json").exists():
         raise FileNotFoundError(f"checkpoint {last} has no tokenizer.json: cannot resume with the same ids; "
                                 f"delete it or set pretrain.resume=false")

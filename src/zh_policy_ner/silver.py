@@ -91,11 +91,19 @@ def silver_docs(scfg: Any, seed: int, cache_dir: Path) -> list[PreparedDoc]:
                  sum(len(t) for _, t in todo), scfg.tagger, len(known))
         cache.parent.mkdir(parents=True, exist_ok=True)
         jobs = [(scfg.tagger, t) for _, t in todo]
-        with ProcessPoolExecutor(max(1, scfg.workers)) as pool, cache.open("a", encoding="utf-8") as f:
-            for (key, _), spans in tqdm(zip(todo, pool.map(_tag_one, jobs)), total=len(todo), desc="silver tags"):
-                known[key] = spans
-                f.write(json.dumps({"key": key, "spans": spans}) + "\n")
-                f.flush()
+        from .cli import ignore_sigint
+
+        # workers leave Ctrl-C to this process, which drops the queued texts (the cache keeps the tagged ones)
+        with ProcessPoolExecutor(max(1, scfg.workers), initializer=ignore_sigint) as pool, \
+                cache.open("a", encoding="utf-8") as f:
+            try:
+                for (key, _), spans in tqdm(zip(todo, pool.map(_tag_one, jobs)), total=len(todo), desc="silver tags"):
+                    known[key] = spans
+                    f.write(json.dumps({"key": key, "spans": spans}) + "\n")
+                    f.flush()
+            except KeyboardInterrupt:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     places = place_tagger() if scfg.places else None
     return [PreparedDoc(f"silver-{i}", already_normalized(t),
                         layered(t, [tuple(s) for s in known[_text_key(t)]], places=places))

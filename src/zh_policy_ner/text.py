@@ -72,6 +72,12 @@ def decode_bytes(data: bytes, source: str = "<bytes>") -> str:
     raise DecodeError(f"{source}: not valid UTF-8, GB18030/GBK or Big5 text")
 
 
+def jsonl_lines(text: str) -> list[tuple[int, str]]:
+    """Non-blank lines of a JSONL text with their 1-based numbers, split on ``\\n`` only: JSON lines
+    may hold U+2028, U+2029 or U+0085 inside strings, where ``str.splitlines`` would cut them."""
+    return [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
+
+
 def read_text(path: str | Path) -> str:
     """Read a file and decode it with :func:`decode_bytes` (errors name the file)."""
     path = Path(path)

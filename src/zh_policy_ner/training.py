@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,8 +18,10 @@ from typing import Any
 import torch
 
 from .dataset import PreparedData, PreparedDoc, load_prepared
+from .features import LexiconFeatures, enable_features
+from .lexicon import build_gazetteer, place_tagger
 from .metrics import entity_scores
-from .modeling import attach_progress, use_bf16
+from .modeling import attach_progress, last_complete_checkpoint, use_bf16
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +87,10 @@ def _carry_head_rows(model, path: str, label_names: list[str]) -> list[str]:
 def fit(model, tokenizer, train_ds, tcfg: Any, output_dir: Path, dev_ds=None):
     """Train with HF Trainer; returns the trainer (best model loaded when a dev set is given)."""
     from transformers import DataCollatorForTokenClassification, EarlyStoppingCallback, Trainer, TrainingArguments
-    from transformers.trainer_utils import get_last_checkpoint
 
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
-    keep = ["input_ids", "attention_mask", "labels"]
+    keep = ["input_ids", "attention_mask", "labels", "token_type_ids"]
     train_ds = train_ds.remove_columns([c for c in train_ds.column_names if c not in keep])
     if dev_ds is not None:
         dev_ds = dev_ds.remove_columns([c for c in dev_ds.column_names if c not in keep])
@@ -118,11 +120,9 @@ def fit(model, tokenizer, train_ds, tcfg: Any, output_dir: Path, dev_ds=None):
         disable_tqdm=tcfg.disable_tqdm if tcfg.disable_tqdm is not None else not sys.stderr.isatty(),
     )
     optimizers = (None, None)
-    if tcfg.head_lr_multiplier != 1:  # a fresh head learns faster than the pretrained encoder should move
-        head = [p for n, p in model.named_parameters() if n.startswith("classifier.")]
-        body = [p for n, p in model.named_parameters() if not n.startswith("classifier.")]
-        optimizers = (torch.optim.AdamW([{"params": body, "lr": tcfg.lr},
-                                         {"params": head, "lr": tcfg.lr * tcfg.head_lr_multiplier}],
+    decay = tcfg.get("layer_lr_decay", 1.0)
+    if tcfg.head_lr_multiplier != 1 or decay != 1:
+        optimizers = (torch.optim.AdamW(param_groups(model, tcfg.lr, tcfg.head_lr_multiplier, decay),
                                         lr=tcfg.lr, weight_decay=tcfg.weight_decay), None)
     trainer = Trainer(
         model=model,
@@ -136,13 +136,42 @@ def fit(model, tokenizer, train_ds, tcfg: Any, output_dir: Path, dev_ds=None):
         callbacks=[EarlyStoppingCallback(tcfg.early_stopping_patience)] if has_dev else [],
     )
     attach_progress(trainer)
-    last = get_last_checkpoint(str(output_dir)) if tcfg.resume and output_dir.exists() else None
+    last = None
+    if tcfg.resume and output_dir.exists():
+        # a checkpoint half-written when a run stopped (no trainer_state.json) is passed over and removed
+        had_ckpt = any(output_dir.glob("checkpoint-*"))
+        last = last_complete_checkpoint(output_dir, prune=True)
+        if last is None and had_ckpt:
+            log.warning("no complete checkpoint in %s: starting afresh", output_dir)
     trainer.resumed_from_step = 0
     if last:
         trainer.resumed_from_step = json.loads((Path(last) / "trainer_state.json").read_text())["global_step"]
-        log.info("resuming from %s (step %d)", last, trainer.resumed_from_step)
+        log.info("resuming from %s (step %d), the newest complete checkpoint", last, trainer.resumed_from_step)
     trainer.train(resume_from_checkpoint=last)
     return trainer
+
+
+_LAYER = re.compile(r"\.layer\.(\d+)\.")
+
+
+def param_groups(model, lr: float, head_multiplier: float = 1.0, layer_decay: float = 1.0) -> list[dict]:
+    """Optimiser groups: the classifier head at ``lr x head_multiplier`` (a fresh head may learn
+    faster than the pretrained encoder should move), encoder layer i (0 = lowest) of L at
+    ``lr x layer_decay**(L - 1 - i)`` and the embeddings at ``lr x layer_decay**L``
+    (layer-wise learning-rate decay: lower layers hold the general knowledge, and move least)."""
+    n_layers = model.config.num_hidden_layers
+    groups: dict[float, list] = {}
+    for name, p in model.named_parameters():
+        if name.startswith("classifier."):
+            rate = lr * head_multiplier
+        elif (m := _LAYER.search(name)) is not None:
+            rate = lr * layer_decay ** (n_layers - 1 - int(m.group(1)))
+        elif ".embeddings." in f".{name}":
+            rate = lr * layer_decay ** n_layers
+        else:  # pooler and anything above the encoder
+            rate = lr
+        groups.setdefault(rate, []).append(p)
+    return [{"params": ps, "lr": rate} for rate, ps in sorted(groups.items())]
 
 
 def weighted_loss(id2label: dict, label_weights: dict[str, float]):
@@ -163,25 +192,35 @@ def weighted_loss(id2label: dict, label_weights: dict[str, float]):
 RUN_KEYS = ("model", "data", "train", "seed")  # what a resumed run must share with the checkpoint's run
 
 
-def check_resumable(cfg: Any, output_dir: Path) -> None:
-    """Record the run's settings next to its checkpoints; refuse to resume checkpoints that another
-    configuration wrote (a stale folder would otherwise be taken for a finished run)."""
+def run_settings(cfg: Any) -> dict:
+    """The settings that decide what a training run learns (model, data, train, seed), without the
+    ones that only say where and how it runs, and without ``train.max_steps`` (a resumed run may
+    extend it)."""
     from omegaconf import OmegaConf
-    from transformers.trainer_utils import get_last_checkpoint
 
     settings = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in RUN_KEYS}
     for k in ("output_dir", "resume", "max_steps", "disable_tqdm", "logging_steps", "save_steps", "save_total_limit",
               "num_threads"):
         settings["train"].pop(k, None)
+    for k in ("output_dir", "heldout", "dev", "loao_folds"):
+        settings["data"].pop(k, None)
+    return json.loads(json.dumps(settings))
+
+
+def check_resumable(cfg: Any, output_dir: Path) -> None:
+    """Record the run's settings next to its checkpoints; refuse to resume checkpoints that another
+    configuration wrote (a stale folder would otherwise be taken for a finished run)."""
+    settings = run_settings(cfg)
     record = output_dir / "run_settings.json"
-    has_ckpt = output_dir.exists() and get_last_checkpoint(str(output_dir)) is not None
+    has_ckpt = last_complete_checkpoint(output_dir) is not None
     if cfg.train.resume and has_ckpt:
         old = json.loads(record.read_text()) if record.exists() else None
-        if old != json.loads(json.dumps(settings)):
+        if old != settings:
             raise ValueError(f"{output_dir} holds checkpoints of a run with other settings "
                              f"({'none recorded' if old is None else record}); resume it with the same settings, "
                              f"or start afresh with train.resume=false or another train.output_dir")
-    elif has_ckpt:  # a fresh run: old checkpoints would later be taken for this run's
+    elif not cfg.train.resume and output_dir.is_dir() and any(output_dir.glob("checkpoint-*")):
+        # a fresh run: old checkpoints (complete or not) would later be taken for this run's
         import shutil
 
         log.warning("train.resume=false: removing the old checkpoints in %s", output_dir)
@@ -189,6 +228,27 @@ def check_resumable(cfg: Any, output_dir: Path) -> None:
             shutil.rmtree(old_ckpt)
     output_dir.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(settings, indent=2, ensure_ascii=False, sort_keys=True), encoding="utf-8")
+
+
+def with_features(train_ds, data: PreparedData, gold: list[PreparedDoc], cfg: Any, held: list[str],
+                  features: LexiconFeatures):
+    """The training windows with lexicon feature ids as ``token_type_ids``. Each training article
+    gets them from a gazetteer built without its own mentions (cross-fitting: at prediction time a
+    new report's mentions are not in the list either); windows of other origin (boosters) get the
+    full gazetteer's."""
+    per_doc = {}
+    for d in gold:
+        others = [g for g in gold if g.doc_id != d.doc_id]
+        crossed = LexiconFeatures(features.labels, build_gazetteer(others, cfg.train.gazetteer, held), features.places)
+        per_doc[d.doc_id] = crossed.char_ids(d.norm.text)
+
+    def add(row):
+        chars = per_doc.get(row["doc_id"])
+        if chars is None and row["doc_id"] in data.docs:
+            chars = per_doc[row["doc_id"]] = features.char_ids(data.docs[row["doc_id"]].norm.text)
+        return {"token_type_ids": [int(chars[s]) if chars is not None and e > s else 0 for s, e in row["offset_mapping"]]}
+
+    return train_ds.map(add)
 
 
 def score_docs(predictor, docs: list[PreparedDoc]) -> tuple[dict, dict]:
@@ -212,7 +272,6 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
     from transformers import set_seed
 
     from .inference import GAZETTEER_FILE, Predictor
-    from .lexicon import build_gazetteer
 
     t0 = time.time()
     set_seed(cfg.seed)  # the new head rows: every run (and every cross-validation fold) starts alike
@@ -248,6 +307,11 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
         n = round(cfg.train.silver.replay * len(data.datasets["train"]))
         train_ds = concatenate_datasets([train_ds, silver_replay(
             cfg, tokenizer, label_names, n, gazetteer if cfg.train.silver.replay_policy else None)])
+    features = None
+    if cfg.train.lexicon_features:
+        features = LexiconFeatures(tuple(cfg.data.labels), gazetteer, place_tagger())
+        enable_features(model, cfg.data.labels)
+        train_ds = with_features(train_ds, data, gold, cfg, held, features)
     check_resumable(cfg, output_dir)
     trainer = fit(model, tokenizer, train_ds, cfg.train, output_dir, data.datasets.get("dev"))
     st = cfg.train.self_training
@@ -274,7 +338,8 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
         "final_train_loss": next((h["train_loss"] for h in reversed(trainer.state.log_history) if "train_loss" in h), None),
     }
     if "heldout" in data.datasets:
-        predictor = Predictor(trainer.model, tokenizer, cfg.data.max_length, cfg.data.stride, decode=cfg.infer.decode)
+        predictor = Predictor(trainer.model, tokenizer, cfg.data.max_length, cfg.data.stride, decode=cfg.infer.decode,
+                              features=features)
         heldout_docs = [data.docs[i] for i in data.manifest["splits"]["heldout"]["doc_ids"]]
         metrics["heldout"], predictions = score_docs(predictor, heldout_docs)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -298,7 +363,12 @@ def train(cfg: Any) -> TrainResult:
     data = load_prepared(cfg, tokenizer)
     out = Path(cfg.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return train_on(data, cfg, out, tokenizer)
+    result = train_on(data, cfg, out, tokenizer)
+    if cfg.train.get("export_onnx", False):  # the main job only: cross-validation folds call train_on
+        from .onnx_backend import export_onnx
+
+        export_onnx(out, strict=False)
+    return result
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
