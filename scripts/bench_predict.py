@@ -17,7 +17,10 @@ if __name__ == "__main__":
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--stride", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch's and ONNX Runtime's threads in every system (default: theirs); 1 on a shared machine")
     p.add_argument("--out", default=str(ROOT / "outputs" / "bench"))
     a = p.parse_args()
-    run_benchmark(a.model_dir, a.input, a.docs, a.systems.split(","), Path(a.out), a.max_length, a.stride, a.batch_size)
+    run_benchmark(a.model_dir, a.input, a.docs, a.systems.split(","), Path(a.out), a.max_length, a.stride, a.batch_size,
+                  a.threads)
     print(f"results written to {a.out}/bench.md")

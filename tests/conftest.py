@@ -55,3 +55,14 @@ def scraped_dir() -> Path:
     if not SCRAPED.is_dir():
         pytest.skip(f"scraped reports not found at {SCRAPED} (they live in ../shared/scraped, read in place)")
     return SCRAPED
+
+
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A tiny token classifier trained for two steps by the main job's code (its folder)."""
+    from zh_policy_ner.training import train
+
+    out = tmp_path_factory.mktemp("m")
+    train(compose(f"model.name_or_path={tiny_model_dir}", f"train.output_dir={out}", "data.max_length=64",
+                  "data.stride=16", "train.max_steps=2", "train.bf16=false"))
+    return out

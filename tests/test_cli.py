@@ -37,16 +37,6 @@ def run_script(script: str, *overrides: str, tmp: Path, interrupt: tuple[str, st
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_model_dir, tmp_path_factory):
-    from zh_policy_ner.training import train
-
-    out = tmp_path_factory.mktemp("m")
-    train(compose(f"model.name_or_path={tiny_model_dir}", f"train.output_dir={out}", "data.max_length=64",
-                  "data.stride=16", "train.max_steps=2", "train.bf16=false"))
-    return out
-
-
 @pytest.fixture()
 def restore_quiet():
     from transformers.utils import logging as hf_logging

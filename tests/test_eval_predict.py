@@ -182,16 +182,6 @@ def test_learning_curve_on_three_documents(tiny_model_dir, tmp_path):
     assert "| 1 |" in (out / "curve.md").read_text(encoding="utf-8")
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_model_dir, tmp_path_factory):
-    from zh_policy_ner.training import train
-
-    out = tmp_path_factory.mktemp("m")
-    train(compose(f"model.name_or_path={tiny_model_dir}", f"train.output_dir={out}", "data.max_length=64",
-                  "data.stride=16", "train.max_steps=2", "train.bf16=false"))
-    return out
-
-
 def test_heldout_evaluation_warns_when_the_model_saw_the_article(model_dir, tmp_path, caplog):
     cfg = compose(f"eval.model_dir={model_dir}", "eval.mode=heldout", f"data.heldout=[{SEED_IDS[1]}]",
                   f"eval.output_dir={tmp_path}", "eval.baselines=[]", "data.max_length=64", "data.stride=16")

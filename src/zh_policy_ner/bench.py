@@ -38,6 +38,11 @@ def _worker(system: str, model_dir: str, texts_file: str, max_length: int, strid
     texts = json.loads(Path(texts_file).read_text(encoding="utf-8"))
     spans: list[tuple[int, int, int, str]] = []
     extra: dict = {}
+    threads = int(os.environ.get("BENCH_THREADS") or 0) or None
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     if system == "pipeline":
         from transformers import pipeline
 
@@ -52,7 +57,7 @@ def _worker(system: str, model_dir: str, texts_file: str, max_length: int, strid
         backend, _, precision = system.partition(":")
         predictor = Predictor.from_pretrained(model_dir, max_length=max_length, stride=stride, batch_size=batch_size,
                                               precision=precision or "auto",
-                                              backend="onnx" if backend == "onnx" else "torch")
+                                              backend="onnx" if backend == "onnx" else "torch", num_threads=threads)
         ready = time.time()
         extra["ran"] = predictor.precision
         for k in range(0, len(texts), 256):
@@ -69,11 +74,11 @@ def _worker(system: str, model_dir: str, texts_file: str, max_length: int, strid
             "startup_s": round(ready - launched, 2), **extra}
 
 
-def _run(cmd: list[str], out: Path, name: str) -> tuple[int, str, str, float, int, float]:
+def _run(cmd: list[str], out: Path, name: str, threads: int | None = None) -> tuple[int, str, str, float, int, float]:
     """Run ``cmd`` to the end: exit code, stdout, stderr, wall seconds, peak RSS (MB) and CPU
     seconds (user + system) of that process."""
     t0 = time.time()
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "BENCH_LAUNCHED": repr(t0)}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "BENCH_LAUNCHED": repr(t0), "BENCH_THREADS": str(threads or "")}
     with open(out / f"{name}.stdout", "w+") as so, open(out / f"{name}.stderr", "w+") as se:
         proc = subprocess.Popen(cmd, stdout=so, stderr=se, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -86,7 +91,7 @@ def _run(cmd: list[str], out: Path, name: str) -> tuple[int, str, str, float, in
 
 
 def _predict_script(system: str, model_dir: str, texts_file: Path, out: Path, max_length: int, stride: int,
-                    batch_size: int) -> tuple[list[str], Path]:
+                    batch_size: int, threads: int | None = None) -> tuple[list[str], Path]:
     """The command line of ``scripts/predict.py`` on the benchmark texts (as JSONL), and its output file."""
     script = Path(__file__).resolve().parents[2] / "scripts" / "predict.py"
     texts = json.loads(texts_file.read_text(encoding="utf-8"))
@@ -100,6 +105,8 @@ def _predict_script(system: str, model_dir: str, texts_file: Path, out: Path, ma
             f"infer.stride={stride}", f"infer.batch_size={batch_size}", f"hydra.run.dir={out / 'hydra'}"]
     if ":" in system:
         args.append(f"infer.backend={system.split(':', 1)[1]}")
+    if threads:
+        args.append(f"infer.num_threads={threads}")
     return [sys.executable, str(script), *args], result
 
 
@@ -128,8 +135,10 @@ def _cuda() -> bool:
 
 
 def run_benchmark(model_dir: str, input_path: str, n_docs: int, systems: list[str], out: Path,
-                  max_length: int = 256, stride: int = 64, batch_size: int = 32) -> list[dict]:
-    """Run each system in its own process on the same texts; write JSON and Markdown results."""
+                  max_length: int = 256, stride: int = 64, batch_size: int = 32, threads: int | None = None) -> list[dict]:
+    """Run each system in its own process on the same texts; write JSON and Markdown results.
+    ``threads``: torch's and ONNX Runtime's threads in every system (None: their defaults); 1 gives
+    steadier comparisons on a machine that other jobs share."""
     out.mkdir(parents=True, exist_ok=True)
     texts_file = out / "bench_texts.json"
     texts_file.write_text(json.dumps(bench_texts(input_path, n_docs), ensure_ascii=False), encoding="utf-8")
@@ -138,11 +147,11 @@ def run_benchmark(model_dir: str, input_path: str, n_docs: int, systems: list[st
     for system in systems:
         name = system.replace(":", "_")
         if system.startswith("predict.py"):
-            cmd, result = _predict_script(system, model_dir, texts_file, out, max_length, stride, batch_size)
+            cmd, result = _predict_script(system, model_dir, texts_file, out, max_length, stride, batch_size, threads)
         else:
             cmd = [sys.executable, "-m", "zh_policy_ner.bench", "--worker", system, model_dir, str(texts_file),
                    str(max_length), str(stride), str(batch_size)]
-        code, stdout, stderr, wall, rss, cpu = _run(cmd, out, f"worker_{name}")
+        code, stdout, stderr, wall, rss, cpu = _run(cmd, out, f"worker_{name}", threads)
         if code != 0:
             raise RuntimeError(f"benchmark worker {system} failed:\n{stderr[-3000:]}")
         if system.startswith("predict.py"):
@@ -184,7 +193,8 @@ def run_benchmark(model_dir: str, input_path: str, n_docs: int, systems: list[st
         ort_version = "not installed"
     loads = " -> ".join(f"{v:.1f}" for v in load if v is not None)
     lines = [f"Benchmark: {n_docs} documents from {input_path}, model {model_dir}, windows {max_length} / stride {stride}, "
-             f"batch {batch_size}, {hw}. Whole runs in fresh processes (start-up included).", "",
+             f"batch {batch_size}, {hw}, {f'{threads} thread(s) per system' if threads else 'default threads'}. "
+             f"Whole runs in fresh processes (start-up included).", "",
              f"CPU: {cpu_description()}; torch {torch.__version__}, onnxruntime {ort_version}; "
              f"1-minute load average {loads} (before -> after).", "",
              "| system | runs as | docs | chars | seconds | chars/s | speed-up vs pipeline | whole process s | whole-process chars/s "

@@ -80,6 +80,17 @@ def fold_model_spans(cfg: Any, docs: list, tokenizer, train_ids: list[str], test
     return {d: [tuple(x) for x in v] for d, v in spans.items()}
 
 
+def _all_docs(cfg: Any) -> tuple[list, Any, dict[str, PreparedDoc]]:
+    """The annotated documents, the model's tokenizer, and every document prepared (for scoring)."""
+    from .modeling import load_tokenizer
+
+    docs = load_docs(cfg)
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    prepared = prepare_docs(docs, tokenizer, {"train": [d.doc_id for d in docs]}, bio_label_names(cfg.data.labels),
+                            cfg.data.max_length, cfg.data.stride).docs
+    return docs, tokenizer, prepared
+
+
 def fold_gazetteer(cfg: Any, train_docs: list[PreparedDoc], test_docs: list[PreparedDoc]) -> DictionaryTagger | None:
     """The gazetteer a fold's model would be saved with (``train.gazetteer`` over its training
     articles, guideline terms found in the test articles withheld), built afresh so that changing
@@ -92,14 +103,9 @@ def fold_gazetteer(cfg: Any, train_docs: list[PreparedDoc], test_docs: list[Prep
 def cross_validate(cfg: Any) -> dict[str, Any]:
     """Cross-validation by article (``cv_folds``): train on the other articles, score the held-out
     ones with the model alone, with what ``predict.py`` outputs, and with the baselines."""
-    from .modeling import load_tokenizer
-
     out = Path(cfg.eval.output_dir)
-    docs = load_docs(cfg)
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    docs, tokenizer, prepared = _all_docs(cfg)
     ids = [d.doc_id for d in docs]
-    prepared = prepare_docs(docs, tokenizer, {"train": ids}, bio_label_names(cfg.data.labels), cfg.data.max_length,
-                            cfg.data.stride).docs
     per_system: dict[str, list[tuple[PreparedDoc, list]]] = {}
     fold_scores: dict[str, list[dict]] = {}
     errors: dict[str, dict] = {MODEL: {}, GAZ: {}}  # per system: doc_id -> error cases
@@ -133,14 +139,9 @@ def learning_curve(cfg: Any) -> dict[str, Any]:
     articles, the first n of them) of the sizes in ``eval.curve_sizes``. Writes curve.md/.json/.png."""
     import random
 
-    from .modeling import load_tokenizer
-
     out = Path(cfg.eval.output_dir)
-    docs = load_docs(cfg)
-    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    docs, tokenizer, prepared = _all_docs(cfg)
     ids = [d.doc_id for d in docs]
-    prepared = prepare_docs(docs, tokenizer, {"train": ids}, bio_label_names(cfg.data.labels), cfg.data.max_length,
-                            cfg.data.stride).docs
     folds = grouped_folds(ids, int(cfg.eval.k), int(cfg.seed))
     labels = list(cfg.data.labels)
     rows: list[dict] = []

@@ -23,13 +23,18 @@ def unlabelled_texts(st: Any) -> list[str]:
     return texts[: st.max_docs]
 
 
-def pseudo_labelled(model, tokenizer, cfg: Any, label_names: list[str]):
-    """A dataset of windows from unlabelled texts with the model's confident spans as labels."""
+def pseudo_labelled(model, tokenizer, cfg: Any, label_names: list[str], features=None):
+    """A dataset of windows from unlabelled texts with the model's confident spans as labels
+    (with ``features``, a model trained on lexicon features: their token-type ids too)."""
     st = cfg.train.self_training
-    predictor = Predictor(model, tokenizer, cfg.data.max_length, cfg.data.stride, precision="fp32")
+    predictor = Predictor(model, tokenizer, cfg.data.max_length, cfg.data.stride, precision="fp32", features=features)
     docs = []
     for k, pred in enumerate(predictor.predict(unlabelled_texts(st))):
         spans = [(s, e, lab) for (s, e, lab), sp in zip(pred.norm_spans, pred.spans) if (sp.score or 0) >= st.threshold]
         docs.append(PreparedDoc(f"pseudo-{k}", already_normalized(pred.norm.text), spans))
     cols = build_windows(docs, tokenizer, label_names, cfg.data.max_length, cfg.data.stride)
+    if features is not None:
+        chars = {d.doc_id: features.char_ids(d.norm.text) for d in docs}
+        cols["token_type_ids"] = [[int(chars[doc][s]) if e > s else 0 for s, e in offsets]
+                                  for doc, offsets in zip(cols["doc_id"], cols["offset_mapping"])]
     return to_dataset(cols)

@@ -200,7 +200,7 @@ def run_settings(cfg: Any) -> dict:
 
     settings = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in RUN_KEYS}
     for k in ("output_dir", "resume", "max_steps", "disable_tqdm", "logging_steps", "save_steps", "save_total_limit",
-              "num_threads"):
+              "num_threads", "export_onnx"):
         settings["train"].pop(k, None)
     for k in ("output_dir", "heldout", "dev", "loao_folds"):
         settings["data"].pop(k, None)
@@ -319,11 +319,14 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
     for round_ in range(st.rounds):
         from .selftrain import pseudo_labelled
 
-        pseudo = pseudo_labelled(trainer.model, tokenizer, cfg, label_names)
+        pseudo = pseudo_labelled(trainer.model, tokenizer, cfg, label_names, features)
         log.info("self-training round %d: %d windows of confident pseudo-labels", round_ + 1, len(pseudo))
         pseudo_windows.append(len(pseudo))
         train_ds = concatenate_datasets([train_ds, pseudo])
-        trainer = fit(build_model(start, label_names, cfg.train), tokenizer, train_ds,
+        model = build_model(start, label_names, cfg.train)
+        if features is not None:
+            enable_features(model, cfg.data.labels)
+        trainer = fit(model, tokenizer, train_ds,
                       OmegaConf.merge(cfg.train, {"resume": False}), output_dir / f"self-training-{round_ + 1}",
                       data.datasets.get("dev"))
     trainer.save_model(str(output_dir))
