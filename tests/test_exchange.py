@@ -167,3 +167,49 @@ def test_resume_reads_records_with_line_separators_inside(tmp_path):
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
     assert read_appended_jsonl(out) == recs and read_predictions(out) == recs
     assert done_ids(out) == {"a\u2028b", "c"}
+
+
+def test_readme_correction_loop_runs_as_written(model_dir, tmp_path):
+    """The README's 'Labelling more reports' commands, run as written in a fresh folder (the
+    Label Studio step, done by a person, is simulated: every suggestion accepted, one span added)."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"### Labelling more reports.*?```bash\n(.*?)```", readme, re.S).group(1)
+    commands = [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert len(commands) >= 5
+    (tmp_path / "outputs").mkdir()
+    shutil.copytree(model_dir, tmp_path / "outputs" / "model")
+    new = tmp_path / "new_reports"
+    new.mkdir()
+    (new / "r1.txt").write_text(RAW, encoding="utf-8")
+    (new / "r2.txt").write_text("市委书记谭作钧主持会议,要求落实核酸检测。", encoding="utf-8")
+    env = {**os.environ, "PROJECT_ROOT": str(tmp_path), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+    def run(cmd):
+        cmd = cmd.replace("NEW_REPORTS", str(new)).replace("python scripts/", f"{sys.executable} {ROOT}/scripts/")
+        cmd = cmd.replace("python -m", f"{sys.executable} -m")
+        res = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, f"{cmd}\n{res.stdout}\n{res.stderr}"
+        return res
+
+    for cmd in commands:
+        if "exchange import" in cmd:  # a person corrects the tasks in Label Studio and exports them
+            tasks = json.loads((tmp_path / "outputs" / "new" / "tasks.json").read_text(encoding="utf-8"))
+            for t in tasks:
+                result = list(t["predictions"][0]["result"])
+                if t["data"]["doc_id"] == "r1":
+                    result = [r for r in result if r["value"]["start"] != 27] + [_region(*LOC)]
+                t["annotations"] = [{"id": 1, "completed_by": 1, "result": result}]
+            (tmp_path / "export.json").write_text(json.dumps(tasks, ensure_ascii=False), encoding="utf-8")
+        out = run(cmd)
+    assert "OK: 2 documents" in out.stdout
+    docs, errors = load_annotations(tmp_path / "annotations", root=tmp_path)
+    assert errors == [] and {d.source for d in docs} == {"reports/r1.txt", "reports/r2.txt"}
+    r1 = next(d for d in docs if d.doc_id == "r1")
+    assert (27, 28, "LOC") in {(s.start, s.end, s.label) for s in r1.spans}

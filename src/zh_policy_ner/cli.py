@@ -32,7 +32,7 @@ QUIET_ENV = "ZH_POLICY_NER_QUIET"  # inherited by worker processes (the silver s
 _TOKENIZER_LOGGER = "transformers.tokenization_utils_base"
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     """A problem with a command's inputs or settings, said in one line (exit code 2)."""
 
 
@@ -69,6 +69,14 @@ def set_quiet(quiet: bool = True) -> None:
         hf_logging.disable_progress_bar()
     else:
         hf_logging.enable_progress_bar()
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        return
+    if quiet:  # its "Map:" bars (e.g. adding lexicon features to the training windows)
+        datasets.disable_progress_bars()
+    else:
+        datasets.enable_progress_bars()
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .cli import UsageError
 from .dataset import PreparedData, PreparedDoc, load_prepared
 from .features import LexiconFeatures, enable_features
 from .lexicon import build_gazetteer, place_tagger
@@ -216,7 +217,7 @@ def check_resumable(cfg: Any, output_dir: Path) -> None:
     if cfg.train.resume and has_ckpt:
         old = json.loads(record.read_text()) if record.exists() else None
         if old != settings:
-            raise ValueError(f"{output_dir} holds checkpoints of a run with other settings "
+            raise UsageError(f"{output_dir} holds checkpoints of a run with other settings "
                              f"({'none recorded' if old is None else record}); resume it with the same settings, "
                              f"or start afresh with train.resume=false or another train.output_dir")
     elif not cfg.train.resume and output_dir.is_dir() and any(output_dir.glob("checkpoint-*")):
