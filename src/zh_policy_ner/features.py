@@ -45,11 +45,12 @@ class LexiconFeatures:
                 ids[s + 1:e] = 2 + 2 * j
         return ids
 
-    def token_ids(self, text: str, offsets: Sequence[tuple[int, int]]) -> list[int]:
-        """A window's token-type ids: each token takes its first character's feature (0 for
-        special tokens)."""
-        chars = self.char_ids(text)
-        return [int(chars[s]) if e > s else 0 for s, e in offsets]
+
+
+def window_type_ids(chars: np.ndarray | None, offsets: Sequence[tuple[int, int]]) -> list[int]:
+    """A window's token-type ids from its text's per-character feature ids: each token takes its
+    first character's (0 for special tokens, and everywhere when ``chars`` is ``None``)."""
+    return [int(chars[s]) if chars is not None and e > s else 0 for s, e in offsets]
 
 
 def enable_features(model, labels: Sequence[str]) -> None:

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from .annotations import QUOTE_MARKS, Span, is_edge_junk
-from .lexicon import layered
 from .dataset import encode_windows, tags_to_spans
+from .features import window_type_ids
+from .lexicon import layered
 from .text import Normalized, normalize
 
 
@@ -292,7 +293,7 @@ class Predictor:
         type_ids = None
         if self.features is not None:
             chars = [self.features.char_ids(n.text) for n in norms]
-            type_ids = [[int(chars[d][s]) if e > s else 0 for s, e in offsets]
+            type_ids = [window_type_ids(chars[d], offsets)
                         for d, offsets in zip(enc["overflow_to_sample_mapping"], enc["offset_mapping"])]
         probs = self._window_probs(enc["input_ids"], type_ids)
         merged = merge_windows(len(norms), enc["overflow_to_sample_mapping"], enc["offset_mapping"], probs)

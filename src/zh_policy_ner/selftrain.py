@@ -11,6 +11,7 @@ from typing import Any
 
 from .corpus import RawDoc, iter_documents
 from .dataset import PreparedDoc, build_windows, to_dataset
+from .features import window_type_ids
 from .inference import Predictor
 from .text import already_normalized
 
@@ -35,6 +36,6 @@ def pseudo_labelled(model, tokenizer, cfg: Any, label_names: list[str], features
     cols = build_windows(docs, tokenizer, label_names, cfg.data.max_length, cfg.data.stride)
     if features is not None:
         chars = {d.doc_id: features.char_ids(d.norm.text) for d in docs}
-        cols["token_type_ids"] = [[int(chars[doc][s]) if e > s else 0 for s, e in offsets]
+        cols["token_type_ids"] = [window_type_ids(chars[doc], offsets)
                                   for doc, offsets in zip(cols["doc_id"], cols["offset_mapping"])]
     return to_dataset(cols)

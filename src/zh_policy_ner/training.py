@@ -19,7 +19,7 @@ import torch
 
 from .cli import UsageError
 from .dataset import PreparedData, PreparedDoc, load_prepared
-from .features import LexiconFeatures, enable_features
+from .features import LexiconFeatures, enable_features, window_type_ids
 from .lexicon import build_gazetteer, place_tagger
 from .metrics import entity_scores
 from .modeling import attach_progress, last_complete_checkpoint, use_bf16
@@ -203,7 +203,7 @@ def run_settings(cfg: Any) -> dict:
     for k in ("output_dir", "resume", "max_steps", "disable_tqdm", "logging_steps", "save_steps", "save_total_limit",
               "num_threads", "export_onnx"):
         settings["train"].pop(k, None)
-    for k in ("output_dir", "heldout", "dev", "loao_folds"):
+    for k in ("output_dir", "loao_folds"):
         settings["data"].pop(k, None)
     return json.loads(json.dumps(settings))
 
@@ -247,7 +247,7 @@ def with_features(train_ds, data: PreparedData, gold: list[PreparedDoc], cfg: An
         chars = per_doc.get(row["doc_id"])
         if chars is None and row["doc_id"] in data.docs:
             chars = per_doc[row["doc_id"]] = features.char_ids(data.docs[row["doc_id"]].norm.text)
-        return {"token_type_ids": [int(chars[s]) if chars is not None and e > s else 0 for s, e in row["offset_mapping"]]}
+        return {"token_type_ids": window_type_ids(chars, row["offset_mapping"])}
 
     return train_ds.map(add)
 
