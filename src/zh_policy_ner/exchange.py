@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .annotations import LABELS, AnnotatedDoc, Span, load_annotations, sha256_bytes, span_problems, write_annotations
 from .corpus import RawDoc, iter_documents
-from .text import DecodeError, decode_bytes, jsonl_lines
+from .text import DecodeError, decode_bytes, jsonl_records, read_jsonl
 
 FORMATS = ("labelstudio", "doccano")
 RULES = ("latest", "first", "ground_truth")
@@ -66,18 +66,6 @@ def to_doccano(records: list[dict], texts: dict[str, str]) -> list[dict]:
     """doccano sequence-labelling JSONL rows: ``{"text", "label": [[start, end, label], ...]}``."""
     return [{"text": texts.get(r["source"], texts.get(r["doc_id"])), "label": [[s["start"], s["end"], s["label"]] for s in r["spans"]],
              "doc_id": r["doc_id"], "source": r["source"]} for r in records]
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Records of a UTF-8 JSONL file (split on ``\\n`` only); a bad line raises naming file and line."""
-    path = Path(path)
-    out = []
-    for n, line in jsonl_lines(path.read_text(encoding="utf-8")):
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: invalid JSON: {e}") from None
-    return out
 
 
 def export_predictions(predictions: str | Path, fmt: str, out: str | Path, order: str = "input",
@@ -209,11 +197,7 @@ def read_doccano(path: str | Path) -> list[Task]:
     human annotation. A row with neither field is refused (it would import zero spans in silence)."""
     path = Path(path)
     tasks = []
-    for n, line in jsonl_lines(path.read_text(encoding="utf-8")):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: invalid JSON: {e}") from None
+    for n, row in jsonl_records(path):
         key = next((k for k in ("label", "labels", "entities") if k in row), None)
         if key is None or "text" not in row:
             raise ValueError(f"{path}:{n}: a doccano row needs 'text' and 'label' (or 'entities'); found {sorted(row)}")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .lexicon import overlay
+
 CONFIG_KEY = "lexicon_features"  # in the model's config.json: the labels of the feature ids
 
 
@@ -31,8 +33,6 @@ class LexiconFeatures:
     places: object | None = None
 
     def char_ids(self, text: str) -> np.ndarray:
-        from .lexicon import overlay
-
         found = self.gazetteer.tag(text) if self.gazetteer is not None else []
         if self.places is not None:
             found = overlay(self.places.tag(text), found)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import logging
 import re
 from collections import Counter, defaultdict
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .corpus import HTML_SUFFIXES, RawDoc, iter_documents
-from .text import jsonl_lines
+from .text import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,8 @@ SIDECAR_FIELDS = ("date", "place", "url")
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for _, line in jsonl_lines(Path(path).read_text(encoding="utf-8"))]
+    """The records of a predictions JSONL file."""
+    return read_jsonl(path)
 
 
 # --------------------------------------------------------------------------- CSV

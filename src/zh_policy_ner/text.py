@@ -9,6 +9,7 @@ ways with :meth:`Normalized.to_raw_span` and :meth:`Normalized.to_norm_span`.
 from __future__ import annotations
 
 import bisect
+import json
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -76,6 +77,23 @@ def jsonl_lines(text: str) -> list[tuple[int, str]]:
     """Non-blank lines of a JSONL text with their 1-based numbers, split on ``\\n`` only: JSON lines
     may hold U+2028, U+2029 or U+0085 inside strings, where ``str.splitlines`` would cut them."""
     return [(n, line) for n, line in enumerate(text.split("\n"), start=1) if line.strip()]
+
+
+def jsonl_records(path: str | Path) -> list[tuple[int, object]]:
+    """(line number, parsed JSON) of a UTF-8 JSONL file (split by :func:`jsonl_lines`); a line
+    that is not JSON raises ``ValueError`` naming the file and line."""
+    out = []
+    for n, line in jsonl_lines(Path(path).read_text(encoding="utf-8")):
+        try:
+            out.append((n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: invalid JSON: {e}") from None
+    return out
+
+
+def read_jsonl(path: str | Path) -> list:
+    """The records of a UTF-8 JSONL file (see :func:`jsonl_records`)."""
+    return [record for _, record in jsonl_records(path)]
 
 
 def read_text(path: str | Path) -> str:
