@@ -147,7 +147,7 @@ def test_torch_backend_is_unchanged(trained_dir, tmp_path):
     from transformers import AutoModelForTokenClassification
 
     from zh_policy_ner.modeling import load_tokenizer
-    from zh_policy_ner.predict import predict_files, run_predict
+    from zh_policy_ner.predict import RunOutput, predict_files, run_predict
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -159,7 +159,8 @@ def test_torch_backend_is_unchanged(trained_dir, tmp_path):
                         "infer.gazetteer=false", "infer.places=false", "infer.abbreviations=false"))
     direct = Predictor(AutoModelForTokenClassification.from_pretrained(trained_dir), load_tokenizer(trained_dir), **WINDOW)
     assert direct.runner is None
-    ref = predict_files(direct, inputs, tmp_path / "direct.jsonl", progress=False).output
+    with RunOutput(tmp_path / "direct.jsonl", {}) as run:
+        ref = predict_files(direct, inputs, run, progress=False).output
     assert out.read_bytes() == ref.read_bytes()
 
 

@@ -212,6 +212,54 @@ def run_benchmark(model_dir: str, input_path: str, n_docs: int, systems: list[st
     return rows
 
 
+def run_memory_benchmark(model_dir: str, input_path: str, sizes_mb: list[float], out: Path, n_docs: int = 800,
+                         threads: int | None = None, extra: list[str] | None = None) -> list[dict]:
+    """Peak RSS of whole ``scripts/predict.py`` runs (defaults: all layers and reports) on one report
+    of each size in ``sizes_mb`` (the input reports joined and repeated to that many UTF-8 megabytes)
+    and on ``n_docs`` ordinary reports; writes ``memory.json`` and ``memory.md`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    script = Path(__file__).resolve().parents[2] / "scripts" / "predict.py"
+    docs = bench_texts(input_path, 40)
+    joined = "\n\n".join(docs)
+    cases: list[tuple[str, Path]] = []
+    for mb in sizes_mb:
+        folder = out / f"one_{mb:g}mb"
+        folder.mkdir(exist_ok=True)
+        target = int(mb * (1 << 20))
+        text = (joined * (target // len(joined.encode("utf-8")) + 1)).encode("utf-8")[:target].decode("utf-8", "ignore")
+        (folder / "report.txt").write_text(text, encoding="utf-8")
+        cases.append((f"one report of {mb:g} MB", folder))
+    many = out / f"{n_docs}_reports.jsonl"
+    many.write_text("".join(json.dumps({"doc_id": f"d{i:06d}", "text": t}, ensure_ascii=False) + "\n"
+                            for i, t in enumerate(bench_texts(input_path, n_docs))), encoding="utf-8")
+    cases.append((f"{n_docs} ordinary reports", many))
+    rows = []
+    for name, path in cases:
+        result = out / f"pred_{path.stem}.jsonl"
+        for f in out.glob(f"pred_{path.stem}.*"):
+            f.unlink()
+        cmd = [sys.executable, str(script), f"infer.model_dir={model_dir}", f"infer.input={path}",
+               f"infer.output={result}", f"hydra.run.dir={out / 'hydra'}", *(extra or [])]
+        if threads:
+            cmd.append(f"infer.num_threads={threads}")
+        code, stdout, stderr, wall, rss, cpu = _run(cmd, out, f"memory_{path.stem}", threads)
+        if code != 0:
+            raise RuntimeError(f"predict.py on {path} failed:\n{stderr[-3000:]}")
+        chars = sum(len(json.loads(line).get("text", "")) for line in path.read_text(encoding="utf-8").splitlines()) \
+            if path.suffix == ".jsonl" else len(path.joinpath("report.txt").read_text(encoding="utf-8"))
+        rows.append({"case": name, "bytes": sum(f.stat().st_size for f in ([path] if path.is_file() else path.iterdir())),
+                     "chars": chars, "seconds": round(wall, 1), "cpu_seconds": cpu, "peak_rss_mb": rss})
+        print(json.dumps(rows[-1]), flush=True)
+    lines = [f"Peak RSS of whole `scripts/predict.py` runs (all layers, reports on), model {model_dir}; "
+             f"CPU: {cpu_description()}; {f'{threads} thread(s)' if threads else 'default threads'}.", "",
+             "| input | bytes | characters | seconds | CPU s | peak RSS MB |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['case']} | {r['bytes']} | {r['chars']} | {r['seconds']} | {r['cpu_seconds']} | {r['peak_rss_mb']} |"
+              for r in rows]
+    (out / "memory.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    (out / "memory.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return rows
+
+
 if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--worker":
     s, m, f, ml, st, bs = sys.argv[2:8]
     print(json.dumps(_worker(s, m, f, int(ml), int(st), int(bs))))

@@ -322,6 +322,22 @@ def render_html(records: list[dict], texts: Mapping[str, str], path: Path, title
 
 
 # --------------------------------------------------------------------------- all reports
+PREDICTION_SUFFIXES = (".jsonl", ".ndjson")
+SIDE_FILES = {"errors": ".errors.jsonl", "manifest": ".manifest.json", "lock": ".lock",
+              "entities_csv": ".entities.csv", "aggregate_csv": ".aggregate.csv",
+              "cooccurrence_csv": ".cooccurrence.csv", "html": ".html"}
+
+
+def output_paths(output: str | Path) -> dict[str, Path]:
+    """Every file a predict run writes beside its predictions file ``output``: ``<base>.errors.jsonl``,
+    ``.manifest.json``, ``.lock``, ``.entities.csv``, ``.aggregate.csv``, ``.cooccurrence.csv`` and
+    ``.html``, where ``base`` is ``output`` without a ``.jsonl``/``.ndjson`` suffix and otherwise its
+    whole name (``x.html`` gives ``x.html.html``), so that none of them can be ``output`` itself."""
+    output = Path(output)
+    base = output.with_suffix("") if output.suffix.lower() in PREDICTION_SUFFIXES else output
+    return {name: base.with_name(base.name + suffix) for name, suffix in SIDE_FILES.items()}
+
+
 def write_reports(output: Path, input_path: str | Path, html_max_docs: int = 500) -> dict[str, Path]:
     """Entity CSV, aggregate table and sentence co-occurrence table over all documents; HTML report
     of the first ``html_max_docs``. Documents are matched to predictions by ``source``."""
@@ -330,16 +346,16 @@ def write_reports(output: Path, input_path: str | Path, html_max_docs: int = 500
     by_source = {r["source"]: r for r in records}
     shown = records[:html_max_docs]
     shown_sources = {r["source"] for r in shown}
-    stem = output.with_suffix("")
+    paths = output_paths(output)
     extras = {
-        "entities_csv": write_entity_csv(records, stem.with_suffix(".entities.csv")),
-        "aggregate_csv": write_aggregate(records, stem.with_suffix(".aggregate.csv")),
+        "entities_csv": write_entity_csv(records, paths["entities_csv"]),
+        "aggregate_csv": write_aggregate(records, paths["aggregate_csv"]),
     }
     texts: dict[str, str] = {}
     metadata: dict[str, dict[str, str]] = {}
 
     def rows() -> Iterator[dict[str, Any]]:
-        for doc in iter_documents(input_path):
+        for doc in iter_documents(input_path, exclude=paths.values()):
             if not isinstance(doc, RawDoc) or doc.source not in by_source:
                 continue
             record = by_source[doc.source]
@@ -352,7 +368,7 @@ def write_reports(output: Path, input_path: str | Path, html_max_docs: int = 500
             yield from cooccurrence_rows(record, doc.text, meta)
 
     _read_sidecar.cache_clear()
-    extras["cooccurrence_csv"] = write_cooccurrence(rows(), stem.with_suffix(".cooccurrence.csv"))
-    extras["html"] = render_html(shown, texts, stem.with_suffix(".html"), total=len(records),
+    extras["cooccurrence_csv"] = write_cooccurrence(rows(), paths["cooccurrence_csv"])
+    extras["html"] = render_html(shown, texts, paths["html"], total=len(records),
                                  full_results=[output, *extras.values()], metadata=metadata)
     return extras
