@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from zh_policy_ner.baselines import JiebaTagger, align_tokens
-from zh_policy_ner.lexicon import (DictionaryTagger, admin_places, admin_units, build_gazetteer, layered, measure_phrases,
+from zh_policy_ner.layers import LayerError, SpanLayers, parse_layers
+from zh_policy_ner.lexicon import (DictionaryTagger, admin_places, admin_units, build_gazetteer, measure_phrases,
                                    place_abbreviations, place_tagger, quoted_formulas, read_terms)
 from zh_policy_ner.evaluation import evaluate
 from zh_policy_ner.metrics import entity_scores, error_cases, write_error_report
@@ -105,17 +106,17 @@ def test_place_names_fill_in_under_the_model_and_the_gazetteer_wins():
     text = "大连晚报讯 李长春在长春市调研核酸检测"
     model = [(6, 9, "PER"), (10, 12, "LOC")]  # 长春 where the guideline keeps the suffix: 长春市
     gazetteer = DictionaryTagger({"核酸检测": "POLICY", "长春市": "LOC"})
-    spans = layered(text, model, gazetteer, DictionaryTagger(places))
+    spans = SpanLayers(parse_layers(["places", "gazetteer"]), gazetteer, DictionaryTagger(places))(text, model)
     # 大连 comes from the place names, 李长春 stays the model's PER (a place name never breaks a model
     # span), the gazetteer's 长春市 replaces the model's overlapping span
     assert [(text[s:e], lab) for s, e, lab in spans] == [("大连", "LOC"), ("李长春", "PER"), ("长春市", "LOC"),
                                                          ("核酸检测", "POLICY")]
-    assert layered(text, model) == model
+    assert SpanLayers()(text, model) == model
     # a place match wins over a truncated model LOC inside it (长春|市委, 大|连), a model PER that is a
     # place name becomes LOC (威海新闻网)
     text = "长春市委书记 信用大连 编辑: 威海新闻网"
     model = [(0, 2, "LOC"), (9, 10, "LOC"), (16, 18, "PER")]
-    assert [(text[s:e], lab) for s, e, lab in layered(text, model, places=place_tagger())] == [
+    assert [(text[s:e], lab) for s, e, lab in SpanLayers(parse_layers(["places"]))(text, model)] == [
         ("长春市", "LOC"), ("大连", "LOC"), ("威海", "LOC")]
 
 
@@ -124,11 +125,11 @@ def test_prefecture_short_forms_and_place_abbreviations():
     assert shorts["延边朝鲜族自治州"] == "延边" and shorts["巴音郭楞蒙古自治州"] == "巴音郭楞" and shorts["丹东市"] == "丹东"
     assert shorts["虹口区"] is None
     text = "丹东市召开会议,要加强返凤人员、来威人员和返乡人员管理,返鄂人员,留‘凤’过年,返岗人员"
-    spans = layered(text, [], places=place_tagger())
+    spans = SpanLayers(parse_layers(["places"]), places=place_tagger())(text, [])
     found = [(text[s - 1 : s], text[s:e]) for s, e, _ in place_abbreviations(text, spans)]
     # 凤 starts 凤城市, a city under 丹东市; 鄂 is Hubei's; 威 names nothing here; 乡 and 岗 are not places
     assert found == [("返", "凤"), ("返", "鄂"), ("‘", "凤")]
-    assert [text[s:e] for s, e, _ in layered(text, [], places=place_tagger(), abbreviations=True)] == [
+    assert [text[s:e] for s, e, _ in SpanLayers(parse_layers(["places", "abbreviations"]))(text, [])] == [
         "丹东市", "凤", "鄂", "凤"]
 
 
@@ -158,7 +159,7 @@ def test_cv_resumes_from_fold_cache_and_inference_ablations_do_not_retrain(tiny_
     weights = sorted((tmp_path / "folds").glob("fold*/model.safetensors"))
     assert len(weights) == 2
     stamps = [w.stat().st_mtime_ns for w in weights]
-    ablation, _ = evaluate(compose(*base, "infer.places=false"))   # inference only: re-scored from the cache
+    ablation, _ = evaluate(compose(*base, "infer.layers=[gazetteer,abbreviations]"))  # inference only: re-scored from the cache
     assert [w.stat().st_mtime_ns for w in weights] == stamps
     assert ablation["micro"]["model"] == first["micro"]["model"]
     weights[1].parent.joinpath("fold_predictions.json").unlink()   # as if interrupted in the second fold
@@ -197,7 +198,7 @@ def test_gazetteer_overrides_model_spans(model_dir):
     assert gaz["mentions"]["谭作钧"] == "PER" and gaz["mentions"]["大连市"] == "LOC" and gaz["quoted_formulas"]
     assert gaz["mentions"]["核酸检测"] == "POLICY"  # a guideline term (the fixture trains without held-out docs)
     text = "市委书记谭作钧在大连市主持会议"
-    spans = Predictor.from_pretrained(str(model_dir), gazetteer=True).predict([text])[0].spans
+    spans = Predictor.from_pretrained(str(model_dir), layers=["gazetteer"]).predict([text])[0].spans
     assert {(s.text, s.label) for s in spans} >= {("谭作钧", "PER"), ("大连市", "LOC")}
     assert all(s.score is None for s in spans if s.text in ("谭作钧", "大连市"))  # lexicon spans have no model score
     assert all(not (a.start < b.end and b.start < a.end) for a in spans for b in spans if a is not b)
@@ -333,8 +334,11 @@ def test_gazetteer_modes_decide_who_wins_an_overlap():
     gaz = DictionaryTagger({"排查": "POLICY", "全员核酸检测": "POLICY"})
     model = [(3, 7, "POLICY"), (10, 14, "POLICY")]          # 排查管控 (longer), 核酸检测 (shorter)
     words = lambda spans: [text[s:e] for s, e, _ in spans]  # noqa: E731
-    assert words(layered(text, model, gaz, gazetteer_mode="overwrite")) == ["排查", "全员核酸检测"]
-    assert words(layered(text, model, gaz, gazetteer_mode="fill")) == ["排查管控", "核酸检测"]
-    assert words(layered(text, model, gaz, gazetteer_mode="longest")) == ["排查管控", "全员核酸检测"]
-    with pytest.raises(ValueError, match="gazetteer_mode"):
-        layered(text, model, gaz, gazetteer_mode="sideways")
+    layered = lambda mode: SpanLayers(parse_layers([f"gazetteer:{mode}"]), gaz)(text, model)  # noqa: E731
+    assert words(layered("overwrite")) == ["排查", "全员核酸检测"]
+    assert words(layered("fill")) == ["排查管控", "核酸检测"]
+    assert words(layered("longest")) == ["排查管控", "全员核酸检测"]
+    with pytest.raises(LayerError, match="no mode 'sideways'"):
+        layered("sideways")
+    with pytest.raises(LayerError, match="unknown span layer 'gazeteer'"):
+        parse_layers(["gazeteer"])

@@ -156,7 +156,7 @@ def test_torch_backend_is_unchanged(trained_dir, tmp_path):
     out = tmp_path / "torch.jsonl"
     run_predict(compose(f"infer.model_dir={trained_dir}", f"infer.input={inputs}", f"infer.output={out}",
                         "infer.max_length=64", "infer.stride=16", "infer.backend=torch", "infer.reports=false",
-                        "infer.gazetteer=false", "infer.places=false", "infer.abbreviations=false"))
+                        "infer.layers=[]"))
     direct = Predictor(AutoModelForTokenClassification.from_pretrained(trained_dir), load_tokenizer(trained_dir), **WINDOW)
     assert direct.runner is None
     with RunOutput(tmp_path / "direct.jsonl", {}) as run:

@@ -77,7 +77,7 @@ def test_streaming_prediction_keeps_a_memory_ceiling_and_exact_offsets(model_dir
     context, spans are exact and ordered, and away from the cuts they are those of the whole text."""
     from zh_policy_ner.inference import Predictor
 
-    predictor = Predictor.from_pretrained(str(model_dir), max_length=32, stride=8, gazetteer=True)
+    predictor = Predictor.from_pretrained(str(model_dir), max_length=32, stride=8, layers=["gazetteer"])
     seen = []
     original = predictor.predict
 
@@ -235,3 +235,58 @@ def test_invalid_bytes_are_replaced_with_a_warning_or_skipped(model_dir, tmp_pat
     s = run_predict(_cfg(model_dir, inputs, out2, "infer.reports=false", "infer.on_decode_error=skip"))
     assert s.errors == 1 and s.documents == 0
     assert done_ids(out2) == set()
+
+
+def test_resume_after_kill_9_gives_the_records_of_an_uninterrupted_run_on_onnx(model_dir, tmp_path):
+    """``scripts/predict.py`` killed with SIGKILL mid-run, then rerun: the same records, in the same
+    order, as one uninterrupted run (ONNX Runtime int8 backend)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("onnxruntime")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(400):
+        (inputs / f"d{i:03d}.txt").write_text(f"{SENTENCE}第{i}次会议。" * (1 + i % 5), encoding="utf-8")
+    root = Path(__file__).resolve().parents[1]
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, str(root / "scripts" / "predict.py"), f"infer.model_dir={model_dir}", f"infer.input={inputs}",
+                f"infer.output={out}", "infer.backend=onnx", "infer.reports=false", "infer.max_length=64",
+                "infer.stride=16", f"hydra.run.dir={tmp_path / 'hydra'}"]
+
+    whole = tmp_path / "whole.jsonl"
+    subprocess.run(command(whole), check=True, capture_output=True)
+    killed = tmp_path / "killed.jsonl"
+    proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not killed.exists() or killed.read_bytes().count(b"\n") < 50):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lines = killed.read_bytes().count(b"\n")
+    assert 50 <= lines < 400, lines  # it was killed mid-run
+    subprocess.run(command(killed), check=True, capture_output=True)
+    assert killed.read_bytes() == whole.read_bytes()
+
+
+def test_span_layers_saved_with_the_model_are_the_default_and_an_override_wins(model_dir, tmp_path):
+    """One list of span layers: saved by training, used by prediction unless overridden, written
+    into the run's manifest; a layer name that does not exist is refused before the model loads."""
+    from zh_policy_ner.layers import saved_layers
+
+    assert saved_layers(model_dir) == ["places:fill", "gazetteer:overwrite", "abbreviations:fill"]
+    inputs = _inputs(tmp_path / "in")
+    used = {}
+    for name, extra in (("saved", ()), ("fill", ("infer.layers=[places,gazetteer:fill]",)), ("bare", ("infer.layers=[]",))):
+        out = tmp_path / f"{name}.jsonl"
+        run_predict(_cfg(model_dir, inputs, out, "infer.reports=false", *extra))
+        used[name] = json.loads(out.with_suffix(".manifest.json").read_text())["settings"]["layers"]
+    assert used == {"saved": ["places:fill", "gazetteer:overwrite", "abbreviations:fill"],
+                    "fill": ["places:fill", "gazetteer:fill"], "bare": []}
+    bare = [json.loads(line) for line in (tmp_path / "bare.jsonl").read_text(encoding="utf-8").split("\n") if line]
+    assert all(s["score"] is not None for r in bare for s in r["spans"])  # the model's own spans only
+    with pytest.raises(UsageError, match="unknown span layer 'place'"):
+        run_predict(_cfg(model_dir, inputs, tmp_path / "x.jsonl", "infer.layers=[place]"))

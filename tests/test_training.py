@@ -58,7 +58,7 @@ def test_gazetteer_withholds_guideline_terms_found_in_heldout_articles(trained):
 
 def test_folder_loads_back_and_predicts_spans_with_raw_offsets(trained):
     out, _ = trained
-    predictor = Predictor.from_pretrained(str(out), max_length=64, stride=16)
+    predictor = Predictor.from_pretrained(str(out), max_length=64, stride=16, layers=[])  # the model's own spans
     raw = "市委書(shū)記王魯明主持召開會(huì)議,要求加強核酸檢測。" * 3
     (pred,) = predictor.predict([raw])
     for s in pred.spans:

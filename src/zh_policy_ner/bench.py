@@ -56,7 +56,7 @@ def _worker(system: str, model_dir: str, texts_file: str, max_length: int, strid
 
         backend, _, precision = system.partition(":")
         predictor = Predictor.from_pretrained(model_dir, max_length=max_length, stride=stride, batch_size=batch_size,
-                                              precision=precision or "auto",
+                                              precision=precision or "auto", layers=[],
                                               backend="onnx" if backend == "onnx" else "torch", num_threads=threads)
         ready = time.time()
         extra["ran"] = predictor.precision
@@ -101,7 +101,7 @@ def _predict_script(system: str, model_dir: str, texts_file: Path, out: Path, ma
     result = out / f"predict_{system.replace(':', '_')}.jsonl"
     result.unlink(missing_ok=True)  # predict.py resumes: a stale file would be skipped over
     args = [f"infer.model_dir={model_dir}", f"infer.input={jsonl}", f"infer.output={result}", "infer.reports=false",
-            "infer.gazetteer=false", "infer.places=false", "infer.abbreviations=false", f"infer.max_length={max_length}",
+            "infer.layers=[]", f"infer.max_length={max_length}",
             f"infer.stride={stride}", f"infer.batch_size={batch_size}", f"hydra.run.dir={out / 'hydra'}"]
     if ":" in system:
         args.append(f"infer.backend={system.split(':', 1)[1]}")

@@ -13,7 +13,8 @@ from typing import Any
 
 from .baselines import make_baseline
 from .dataset import PreparedDoc, bio_label_names, grouped_folds, leave_one_out, load_docs, prepare_docs, split_docs
-from .lexicon import DictionaryTagger, build_gazetteer, layered, place_tagger
+from .layers import GAZETTEER_FILE, SpanLayers, parse_layers, resolve_layers
+from .lexicon import build_gazetteer
 from .metrics import entity_scores, error_cases, mean_sd, scores_table, write_error_report
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,11 @@ def _baseline_preds(names, train_docs, test_docs) -> dict[str, list[list]]:
     return out
 
 
-def _output(cfg: Any, text: str, model_spans: list, gazetteer: DictionaryTagger | None) -> list:
-    """The spans ``scripts/predict.py`` would output under ``cfg.infer`` (the ``model+lexicons`` row)."""
-    return layered(text, model_spans, gazetteer, place_tagger() if cfg.infer.places else None,
-                   cfg.infer.abbreviations, cfg.infer.gazetteer_mode)
+def eval_layers(cfg: Any) -> list[str]:
+    """The span layers scored (the ``model+lexicons`` row): ``infer.layers`` when set, else what a
+    model trained with this config saves (``train.layers``)."""
+    layers = cfg.infer.get("layers")
+    return [str(x) for x in parse_layers(layers if layers is not None else cfg.train.layers)]
 
 
 def cv_folds(cfg: Any, doc_ids: list[str]) -> list[tuple[list[str], list[str]]]:
@@ -91,13 +93,16 @@ def _all_docs(cfg: Any) -> tuple[list, Any, dict[str, PreparedDoc]]:
     return docs, tokenizer, prepared
 
 
-def fold_gazetteer(cfg: Any, train_docs: list[PreparedDoc], test_docs: list[PreparedDoc]) -> DictionaryTagger | None:
-    """The gazetteer a fold's model would be saved with (``train.gazetteer`` over its training
-    articles, guideline terms found in the test articles withheld), built afresh so that changing
-    its settings re-scores cached folds instead of retraining them."""
-    if not cfg.infer.gazetteer:
-        return None
-    return build_gazetteer(train_docs, cfg.train.gazetteer, [d.norm.text for d in test_docs])
+def fold_layers(cfg: Any, train_docs: list[PreparedDoc], test_docs: list[PreparedDoc]) -> SpanLayers:
+    """The span layers of a fold's model (:func:`eval_layers`), with the gazetteer it would be saved
+    with (``train.gazetteer`` over its training articles, guideline terms found in the test articles
+    withheld), built afresh so that changing its settings re-scores cached folds instead of
+    retraining them."""
+    layers = parse_layers(eval_layers(cfg))
+    gazetteer = None
+    if any(layer.name == "gazetteer" for layer in layers):
+        gazetteer = build_gazetteer(train_docs, cfg.train.gazetteer, [d.norm.text for d in test_docs])
+    return SpanLayers(layers, gazetteer)
 
 
 def cross_validate(cfg: Any) -> dict[str, Any]:
@@ -116,9 +121,9 @@ def cross_validate(cfg: Any) -> dict[str, Any]:
         fold_dir = out / "folds" / (test_ids[0] if len(test_ids) == 1 else f"fold{k + 1}-of-{len(folds)}")
         model_spans = fold_model_spans(cfg, docs, tokenizer, train_ids, test_ids, fold_dir)
         test_docs = [prepared[i] for i in test_ids]
-        gazetteer = fold_gazetteer(cfg, [prepared[i] for i in train_ids], test_docs)
+        layers = fold_layers(cfg, [prepared[i] for i in train_ids], test_docs)
         preds = {MODEL: [model_spans[i] for i in test_ids]}
-        preds[GAZ] = [_output(cfg, d.norm.text, p, gazetteer) for d, p in zip(test_docs, preds[MODEL])]
+        preds[GAZ] = [layers(d.norm.text, p) for d, p in zip(test_docs, preds[MODEL])]
         preds.update(_baseline_preds(cfg.eval.baselines, [prepared[i] for i in train_ids], test_docs))
         for name, p in preds.items():
             per_system.setdefault(name, []).extend(zip(test_docs, p))
@@ -157,11 +162,11 @@ def learning_curve(cfg: Any) -> dict[str, Any]:
             log.info("curve: %d training articles, fold %d/%d", len(subset), k + 1, len(folds))
             fold_dir = out / "curve" / f"n{size}" / f"fold{k + 1}"
             spans = fold_model_spans(cfg, docs, tokenizer, subset, test_ids, fold_dir)
-            gazetteer = fold_gazetteer(cfg, [prepared[i] for i in subset], [prepared[i] for i in test_ids])
+            layers = fold_layers(cfg, [prepared[i] for i in subset], [prepared[i] for i in test_ids])
             for i in test_ids:
                 d = prepared[i]
                 pairs[MODEL].append((d, spans[i]))
-                pairs[GAZ].append((d, _output(cfg, d.norm.text, spans[i], gazetteer)))
+                pairs[GAZ].append((d, layers(d.norm.text, spans[i])))
         rows.append({"train_docs": round(sum(used) / len(used), 1), "size": size,
                      **{name: _pooled(p) for name, p in pairs.items()}})
     results = {"mode": f"learning curve on {len(folds)} fixed folds by article (seed {cfg.seed})",
@@ -202,7 +207,7 @@ def _plot_curve(rows: list[dict], labels: list[str], path: Path) -> None:
 
 def evaluate_heldout(cfg: Any) -> dict[str, Any]:
     """Score a trained model folder (``eval.model_dir``) on ``data.heldout`` articles."""
-    from .inference import GAZETTEER_FILE, Predictor
+    from .inference import Predictor
 
     if not cfg.data.heldout:
         raise ValueError("eval.mode=heldout needs data.heldout=[doc_id,...]")
@@ -214,33 +219,38 @@ def evaluate_heldout(cfg: Any) -> dict[str, Any]:
         log.warning("%s was trained on held-out article(s) %s (and its gazetteer holds their mentions): the scores "
                     "below are not held-out scores; train with data.heldout=[...] first", cfg.eval.model_dir,
                     ", ".join(sorted(seen & set(cfg.data.heldout))))
+    # the backend scripts/predict.py uses (infer.backend, infer.precision): the scores are of what users get
     predictor = Predictor.from_pretrained(cfg.eval.model_dir, max_length=cfg.data.max_length, stride=cfg.data.stride,
-                                          decode=cfg.infer.decode)
+                                          decode=cfg.infer.decode, precision=cfg.infer.precision, layers=[],
+                                          backend=cfg.infer.backend, num_threads=cfg.infer.num_threads)
+    log.info("held-out evaluation on %s (infer.backend=%s)", predictor.precision, cfg.infer.backend)
     splits = split_docs([d.doc_id for d in docs], cfg.data.heldout, cfg.data.dev)
     data = prepare_docs(docs, predictor.tokenizer, splits, bio_label_names(cfg.data.labels), cfg.data.max_length, cfg.data.stride)
     test_docs = [data.docs[i] for i in splits["heldout"]]
     t0 = time.time()
     preds = {MODEL: [p.norm_spans for p in predictor.predict_norm([d.norm for d in test_docs])]}
-    gaz = Path(cfg.eval.model_dir) / GAZETTEER_FILE
-    tagger = DictionaryTagger.load(gaz) if cfg.infer.gazetteer and gaz.exists() else None
-    preds[GAZ] = [_output(cfg, d.norm.text, p, tagger) for p, d in zip(preds[MODEL], test_docs)]
+    layers = SpanLayers.build(resolve_layers(cfg.infer.get("layers"), cfg.eval.model_dir),
+                              Path(cfg.eval.model_dir) / GAZETTEER_FILE)
+    preds[GAZ] = [layers(d.norm.text, p) for p, d in zip(preds[MODEL], test_docs)]
     preds.update(_baseline_preds(cfg.eval.baselines, [data.docs[i] for i in splits["train"]], test_docs))
     per_system = {n: list(zip(test_docs, p)) for n, p in preds.items()}
     fold_scores = {n: [entity_scores([d.spans], [q], [len(d.norm.text)]) for d, q in zip(test_docs, p)] for n, p in preds.items()}
     errors = {name: {d.doc_id: error_cases(d.norm.text, d.spans, p) for d, p in zip(test_docs, preds[name])}
               for name in (MODEL, GAZ)}
     return _report(cfg, out, per_system, fold_scores, errors, mode=f"held-out articles, model {cfg.eval.model_dir}",
+                   layer_names=layers.names,
                    seconds=time.time() - t0, sources={d.doc_id: d.source for d in docs})
 
 
 def _report(cfg, out: Path, per_system, fold_scores, errors, mode: str, seconds: float,
-            sources: dict[str, str] | None = None) -> dict[str, Any]:
+            sources: dict[str, str] | None = None, layer_names: list[str] | None = None) -> dict[str, Any]:
     from .modelcard import command_line
 
     labels = list(cfg.data.labels)
     micro = {name: _pooled(pairs) for name, pairs in per_system.items()}
     spread = {name: mean_sd(fs, labels) for name, fs in fold_scores.items()}
-    results = {"mode": mode, "command": command_line(), "model": str(cfg.model.name_or_path),
+    layer_names = eval_layers(cfg) if layer_names is None else layer_names
+    results = {"mode": mode, "command": command_line(), "model": str(cfg.model.name_or_path), "span_layers": layer_names,
                "documents": [d.doc_id for d, _ in per_system[MODEL]], "seconds": round(seconds, 1),
                "micro": micro, "per_document_f1": spread}
     subsets = {}
@@ -262,9 +272,8 @@ def _report(cfg, out: Path, per_system, fold_scores, errors, mode: str, seconds:
     for name, sub in subsets.items():
         md += ["", f"Pooled over the {sub['documents']} `{name}` documents (source under "
                f"`{cfg.eval.subsets[name]}`) alone:", "", scores_table(sub["micro"], labels)]
-    infer = cfg.infer
-    md += ["", f"`{GAZ}`: what `scripts/predict.py` outputs with these settings (`infer.gazetteer={infer.gazetteer}`, "
-           f"`infer.places={infer.places}`, `infer.abbreviations={infer.abbreviations}`): the gazetteer saved with "
+    md += ["", f"`{GAZ}`: what `scripts/predict.py` outputs with the span layers {', '.join(layer_names) or 'none'} "
+           f"(`infer.layers`, default `train.layers`): the gazetteer saved with "
            "the model (training mentions; guideline terms, withheld where they occur in a held-out article; quoted "
            "formulas and measure phrases) over the model's spans, administrative place names under them, "
            "one-character place abbreviations. Baselines have no POLICY label. THULAC is under a research-use "

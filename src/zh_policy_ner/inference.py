@@ -16,11 +16,9 @@ import torch
 from .annotations import QUOTE_MARKS, Span, is_edge_junk
 from .dataset import encode_windows, tags_to_spans
 from .features import window_type_ids
-from .lexicon import layered
+from .layers import GAZETTEER_FILE, SpanLayers, resolve_layers
 from .text import Normalized, normalize
 
-
-GAZETTEER_FILE = "gazetteer.json"
 
 
 def char_tags_from_tokens(length: int, offsets: Sequence[tuple[int, int]], token_tags: Sequence[str]) -> list[str]:
@@ -151,6 +149,15 @@ def merge_windows(n_docs: int, window_doc: Sequence[int], window_offsets: Sequen
     return out
 
 
+class _NoModel(torch.nn.Module):
+    """Stands in for the torch model when ONNX Runtime computes the logits: it carries the config."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.dummy = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
+
+
 @dataclass
 class DocPrediction:
     """Predicted spans of one document in raw and normalised coordinates."""
@@ -164,25 +171,28 @@ class Predictor:
     """Wraps a token-classification model and its tokenizer for document-level span prediction."""
 
     def __init__(self, model, tokenizer, max_length: int = 256, stride: int = 64, batch_size: int = 32,
-                 device: str | None = None, precision: str = "auto", decode: str = "viterbi", gazetteer=None,
-                 places=None, abbreviations: bool = False, gazetteer_mode: str = "overwrite", runner=None,
-                 features=None):
-        """``decode``: ``viterbi`` (best valid BIO sequence) or ``argmax`` (per token). ``gazetteer``: a
-        :class:`~zh_policy_ner.lexicon.DictionaryTagger` whose matches override overlapping model
-        spans (score ``None``); ``places``: one whose matches fill in where the model found nothing;
-        ``abbreviations``: one-character place abbreviations (see :func:`~zh_policy_ner.lexicon.layered`). ``precision``: ``fp32``; ``bf16`` (weights cast to bfloat16: 1.4x faster than autocast on
+                 device: str | None = None, precision: str = "auto", decode: str = "viterbi",
+                 layers: SpanLayers | None = None, runner=None, features=None, config=None):
+        """``decode``: ``viterbi`` (best valid BIO sequence) or ``argmax`` (per token). ``layers``: the
+        :class:`~zh_policy_ner.layers.SpanLayers` laid over the model's tidied spans (their spans
+        carry no score); none: the bare model. ``precision``: ``fp32``; ``bf16`` (weights cast to bfloat16: 1.4x faster than autocast on
         the 2-core AMX CPU, same spans on the benchmark); ``int8`` (dynamic quantisation of the
         linear layers, CPU); ``auto`` = bf16 on GPUs and on CPUs with AMX/AVX512-BF16, else fp32.
         ``runner``: an :class:`~zh_policy_ner.onnx_backend.OrtRunner` that computes the logits in
-        place of ``model`` (ONNX Runtime, CPU; ``model`` then only gives the labels)."""
+        place of ``model`` (ONNX Runtime, CPU; ``model`` may then be ``None`` with ``config`` giving the
+        labels: the torch weights are never loaded)."""
         from .modeling import use_bf16
 
         self.tokenizer = tokenizer
         self.runner = runner
         self.features = features  # LexiconFeatures for a model trained with lexicon features (token-type ids)
         if runner is not None:
-            device, precision = "cpu", "fp32"  # the torch model stays as it is: it does no forward pass
+            device, precision = "cpu", "fp32"  # the torch model (if given) stays as it is: it does no forward pass
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if model is None:  # ONNX Runtime computes the logits; the model's config gives the labels
+            if runner is None or config is None:
+                raise ValueError("Predictor needs a model, or a runner and the model's config")
+            model = _NoModel(config)
         model = model.to(self.device).eval()
         if precision == "auto":
             precision = "bf16" if use_bf16("auto") else "fp32"
@@ -195,10 +205,7 @@ class Predictor:
         if decode not in ("viterbi", "argmax"):
             raise ValueError(f"decode must be viterbi or argmax, got {decode!r}")
         self.decode = decode
-        self.gazetteer = gazetteer
-        self.places = places
-        self.abbreviations = abbreviations
-        self.gazetteer_mode = gazetteer_mode
+        self.layers = layers if layers is not None else SpanLayers()
         self.precision = precision if runner is None else runner.name
         if precision == "bf16" and next(model.parameters()).dtype != torch.bfloat16:
             model = copy.deepcopy(model).to(torch.bfloat16)  # the caller's model (a trainer's) stays as it is
@@ -210,11 +217,10 @@ class Predictor:
         self.labels = [lab for _, lab in sorted((int(k), v) for k, v in model.config.id2label.items())]
 
     @classmethod
-    def from_pretrained(cls, model_dir: str, gazetteer: bool = False, places: bool = False, backend: str = "torch",
+    def from_pretrained(cls, model_dir: str, layers: list[str] | None = None, backend: str = "torch",
                         num_threads: int | None = None, **kwargs) -> "Predictor":
-        """Load a trained folder; ``gazetteer=True`` also loads its ``gazetteer.json`` (the training
-        mentions and guideline terms written by the train stage) and fails if there is none;
-        ``places=True`` adds China's administrative place names (:func:`~zh_policy_ner.lexicon.admin_places`).
+        """Load a trained folder with its span layers: ``layers`` (names, see :mod:`~zh_policy_ner.layers`;
+        ``[]``: the bare model) or, by default, the list saved with the model (``layers.json``).
         ``backend``: ``torch``, ``onnx`` (ONNX Runtime on CPU: int8 for precision ``auto``/``int8``,
         fp32 for ``fp32``; exported once and cached in ``<model_dir>/onnx``, see
         :mod:`~zh_policy_ner.onnx_backend`) or ``auto`` (onnx on CPU when onnxruntime is installed
@@ -230,20 +236,16 @@ class Predictor:
         from .modeling import load_tokenizer, resolve_model_path
 
         path = resolve_model_path(model_dir)
-        if gazetteer:
-            gaz = Path(path) / GAZETTEER_FILE
-            if not gaz.exists():
-                raise FileNotFoundError(f"{gaz} not found: train the model with this version or set infer.gazetteer=false")
-            kwargs["gazetteer"] = DictionaryTagger.load(gaz)
-        if places:
-            kwargs["places"] = place_tagger()
-        labels = feature_labels(AutoConfig.from_pretrained(path))
+        span_layers = SpanLayers.build(resolve_layers(layers, path), Path(path) / GAZETTEER_FILE)
+        kwargs["layers"] = span_layers
+        config = AutoConfig.from_pretrained(path)
+        labels = feature_labels(config)
         if labels:  # trained with lexicon features: the saved gazetteer is part of the model's input
             gaz = Path(path) / GAZETTEER_FILE
             if not gaz.exists():
                 raise FileNotFoundError(f"{gaz} not found: this model was trained with lexicon features and needs it")
-            kwargs["features"] = LexiconFeatures(labels, kwargs.get("gazetteer") or DictionaryTagger.load(gaz),
-                                                 kwargs.get("places") or place_tagger())
+            kwargs["features"] = LexiconFeatures(labels, span_layers.gazetteer or DictionaryTagger.load(gaz),
+                                                 span_layers.places or place_tagger())
         if backend != "torch":
             from .onnx_backend import load_runner, resolve_backend
 
@@ -255,8 +257,11 @@ class Predictor:
                         raise
                     logging.getLogger(__name__).warning("ONNX backend unavailable (%s: %s): using torch",
                                                         type(err).__name__, err)
-        predictor = cls(AutoModelForTokenClassification.from_pretrained(path), load_tokenizer(path), **kwargs)
-        logging.getLogger(__name__).info("inference backend: %s on %s", predictor.precision, predictor.device)
+        # with ONNX Runtime the torch weights are not needed (their load is most of the start-up)
+        model = None if kwargs.get("runner") is not None else AutoModelForTokenClassification.from_pretrained(path)
+        predictor = cls(model, load_tokenizer(path), config=config, **kwargs)
+        logging.getLogger(__name__).info("inference backend: %s on %s; span layers: %s", predictor.precision,
+                                         predictor.device, ", ".join(span_layers.names) or "none (the bare model)")
         return predictor
 
     @torch.inference_mode()
@@ -306,8 +311,7 @@ class Predictor:
             conf = mean[np.arange(len(ids)), ids]
             tags = char_tags_from_tokens(len(norm.text), offsets, token_tags)
             model_spans = tidy_spans(norm.text, tags_to_spans(tags))
-            norm_spans = layered(norm.text, model_spans, self.gazetteer, self.places, self.abbreviations,
-                                 self.gazetteer_mode)
+            norm_spans = self.layers(norm.text, model_spans)
             from_model = set(model_spans)
             spans = []
             for s, e, lab in norm_spans:

@@ -6,7 +6,8 @@
   :func:`measure_phrases`).
 - :func:`admin_places`: China's administrative divisions (cpca's table), the place-name layer, and
   :func:`place_abbreviations` (返[凤]人员).
-- :func:`layered`: how prediction combines them with the model's spans.
+- :func:`with_places`, :func:`overlay`: how they combine with the model's spans (the layers of
+  :mod:`~zh_policy_ner.layers` are made of them).
 
 All work on normalised (simplified) text and return spans in its coordinates.
 """
@@ -257,7 +258,7 @@ def admin_subunit_initials() -> dict[str, frozenset[str]]:
 
 @lru_cache(maxsize=1)
 def place_tagger() -> "DictionaryTagger":
-    """A tagger of :func:`admin_places` (the ``infer.places`` and ``train.silver.places`` layer)."""
+    """A tagger of :func:`admin_places` (the ``places`` span layer and ``train.silver.places``)."""
     return DictionaryTagger(admin_places())
 
 
@@ -285,35 +286,7 @@ def place_abbreviations(text: str, spans: Sequence[NormSpan]) -> list[NormSpan]:
     return found
 
 
-GAZETTEER_MODES = ("overwrite", "fill", "longest")
-
-
-def layered(text: str, model_spans: Sequence[NormSpan], gazetteer=None, places=None,
-            abbreviations: bool = False, gazetteer_mode: str = "overwrite") -> list[NormSpan]:
-    """What prediction outputs: place-name matches (``places``) where the model found nothing (or
-    found a truncated place, see :func:`_with_places`), the model's spans, and the gazetteer's
-    matches (``gazetteer_mode``: ``overwrite`` the spans below them, ``fill`` only where nothing
-    stands, or ``longest``: of two overlapping spans the longer wins); with ``abbreviations``,
-    one-character place abbreviations (:func:`place_abbreviations`) where nothing else stands."""
-    spans = list(model_spans)
-    if places is not None:
-        spans = _with_places(text, spans, places.tag(text))
-    if gazetteer is not None:
-        found = gazetteer.tag(text)
-        if gazetteer_mode == "fill":
-            spans = overlay(found, spans)
-        elif gazetteer_mode == "longest":
-            spans = overlay(spans, [g for g in found if all(g[1] - g[0] >= m[1] - m[0] for m in spans if m[0] < g[1] and g[0] < m[1])])
-        elif gazetteer_mode == "overwrite":
-            spans = overlay(spans, found)
-        else:
-            raise ValueError(f"gazetteer_mode must be one of {GAZETTEER_MODES}, got {gazetteer_mode!r}")
-    if abbreviations:
-        spans = sorted(spans + place_abbreviations(text, spans))
-    return spans
-
-
-def _with_places(text: str, model: Sequence[NormSpan], places: Sequence[NormSpan]) -> list[NormSpan]:
+def with_places(text: str, model: Sequence[NormSpan], places: Sequence[NormSpan]) -> list[NormSpan]:
     """Place-name matches under the model's spans, except that a match wins over the model's LOC
     spans it strictly contains (the model's 长春 of 长春市委, 大 of 大连: the guideline keeps the
     attached suffix) and a model PER that is exactly a place name becomes LOC (威海新闻网)."""

@@ -30,7 +30,8 @@ from typing import Any, BinaryIO
 from .annotations import Span
 from .cli import UsageError
 from .corpus import DocError, RawDoc, StreamDoc, UniqueIds, appended_ids, iter_documents
-from .inference import GAZETTEER_FILE, Predictor
+from .inference import Predictor
+from .layers import GAZETTEER_FILE, LayerError, parse_layers, resolve_layers
 from .reports import output_paths, read_predictions, write_reports  # noqa: F401  (read_predictions: re-exported)
 from .text import DecodeError
 
@@ -396,7 +397,7 @@ def predict_files(predictor: Predictor, input_path: str | Path, run: RunOutput, 
 def check_predict_paths(cfg: Any) -> None:
     """Fail before loading anything, in one line (:class:`~zh_policy_ner.cli.UsageError`), when
     ``infer.input`` is unset or missing, ``infer.model_dir`` is not a model folder (or a reachable
-    hub name), the folder lacks the gazetteer that ``infer.gazetteer`` asks for, or ``infer.output``
+    hub name), ``infer.layers`` names an unknown layer or the gazetteer that the folder lacks, or ``infer.output``
     is a folder, an input or inside the input folder."""
     from .modeling import ModelNotAvailable, resolve_model_path
 
@@ -415,9 +416,14 @@ def check_predict_paths(cfg: Any) -> None:
     if folder.is_dir():
         if not (folder / "config.json").exists():
             raise UsageError(f"infer.model_dir={model} has no config.json: not a trained model folder; {train_hint}")
-        if infer.gazetteer and not (folder / GAZETTEER_FILE).exists():
-            raise UsageError(f"infer.model_dir={model} has no {GAZETTEER_FILE}: train the model with this version "
-                             f"or set infer.gazetteer=false")
+        try:
+            layers = parse_layers(resolve_layers(infer.get("layers"), folder))
+        except LayerError as err:
+            raise UsageError(f"infer.layers: {err}") from None
+        if any(layer.name == "gazetteer" for layer in layers) and not (folder / GAZETTEER_FILE).exists():
+            raise UsageError(f"infer.model_dir={model} has no {GAZETTEER_FILE}, which the gazetteer span layer needs: "
+                             f"train the model with this version or leave the layer out "
+                             f"(infer.layers=[{','.join(str(x) for x in layers if x.name != 'gazetteer')}])")
     else:
         # a path (absolute, relative to an existing folder, more than owner/name) is a missing folder;
         # anything else may be a hub name, accepted only if cached or reachable
@@ -438,9 +444,9 @@ def predictor_settings(cfg: Any) -> dict[str, Any]:
     """The keyword arguments of :meth:`~zh_policy_ner.inference.Predictor.from_pretrained` that
     ``infer.*`` configures (also what a Ray worker builds its predictor from)."""
     infer = cfg.infer
+    layers = infer.get("layers")
     return dict(max_length=infer.max_length, stride=infer.stride, batch_size=infer.batch_size,
-                precision=infer.precision, decode=infer.decode, gazetteer=infer.gazetteer, places=infer.places,
-                abbreviations=infer.abbreviations, gazetteer_mode=infer.gazetteer_mode,
+                precision=infer.precision, decode=infer.decode, layers=None if layers is None else list(layers),
                 backend=infer.get("backend", "torch"), num_threads=infer.num_threads)
 
 
@@ -456,7 +462,7 @@ def run_manifest(cfg: Any, predictor: Predictor, how: Pieces) -> dict[str, Any]:
     from .onnx_backend import weights_hash
 
     settings = {k: v for k, v in predictor_settings(cfg).items() if k not in ("batch_size", "num_threads", "backend")}
-    settings.update(segment_chars=how.size, context_chars=how.context)
+    settings.update(segment_chars=how.size, context_chars=how.context, layers=predictor.layers.names)
     return {"model_dir": str(cfg.infer.model_dir), "model_sha256": weights_hash(resolve_model_path(cfg.infer.model_dir)),
             "backend": f"{predictor.precision} on {predictor.device.type}", "settings": settings}
 

@@ -19,7 +19,7 @@ from typing import Any
 from .baselines import make_baseline
 from .corpus import RawDoc, inews_texts, iter_documents, read_appended_jsonl
 from .dataset import PreparedDoc
-from .lexicon import layered, place_tagger
+from .layers import SpanLayers, parse_layers
 from .text import already_normalized, normalize
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,8 @@ def silver_docs(scfg: Any, seed: int, cache_dir: Path) -> list[PreparedDoc]:
             except KeyboardInterrupt:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
-    places = place_tagger() if scfg.places else None
-    return [PreparedDoc(f"silver-{i}", already_normalized(t),
-                        layered(t, [tuple(s) for s in known[_text_key(t)]], places=places))
+    layers = SpanLayers(parse_layers(["places"] if scfg.places else []))
+    return [PreparedDoc(f"silver-{i}", already_normalized(t), layers(t, [tuple(s) for s in known[_text_key(t)]]))
             for i, t in enumerate(texts)]
 
 

@@ -20,6 +20,7 @@ import torch
 from .cli import UsageError
 from .dataset import PreparedData, PreparedDoc, load_prepared
 from .features import LexiconFeatures, enable_features, window_type_ids
+from .layers import save_layers
 from .lexicon import build_gazetteer, place_tagger
 from .metrics import entity_scores
 from .modeling import attach_progress, last_complete_checkpoint, use_bf16
@@ -201,7 +202,7 @@ def run_settings(cfg: Any) -> dict:
 
     settings = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in RUN_KEYS}
     for k in ("output_dir", "resume", "max_steps", "disable_tqdm", "logging_steps", "save_steps", "save_total_limit",
-              "num_threads", "export_onnx"):
+              "num_threads", "export_onnx", "layers"):  # layers: saved with the model, not learnt
         settings["train"].pop(k, None)
     for k in ("output_dir", "loao_folds"):
         settings["data"].pop(k, None)
@@ -348,6 +349,7 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
         metrics["heldout"], predictions = score_docs(predictor, heldout_docs)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
     gazetteer.save(output_dir / GAZETTEER_FILE)
+    save_layers(output_dir, cfg.train.layers)
     (output_dir / "label_map.json").write_text(json.dumps(dict(enumerate(label_names)), indent=2), encoding="utf-8")
     (output_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
     (output_dir / "prepare_manifest.json").write_text(json.dumps(data.manifest, indent=2, ensure_ascii=False), encoding="utf-8")
