@@ -11,7 +11,8 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer, pipelin
 from zh_policy_ner.dataset import bio_label_names
 from zh_policy_ner.inference import Predictor, allowed_transitions, char_tags_from_tokens, viterbi_bio
 from zh_policy_ner.silver import silver_docs
-from zh_policy_ner.training import build_model, train
+from zh_policy_ner.trainer import build_model
+from zh_policy_ner.training import train
 
 from .conftest import SEED_IDS, compose
 
@@ -195,7 +196,7 @@ def test_same_seed_same_weights(tiny_model_dir, tmp_path):
 
 
 def test_param_groups_decay_by_layer_and_lift_the_head(tiny_model_dir):
-    from zh_policy_ner.training import build_model, param_groups
+    from zh_policy_ner.trainer import build_model, param_groups
 
     model = build_model(str(tiny_model_dir), ["O", "B-PER", "I-PER"])
     groups = param_groups(model, 1e-3, head_multiplier=10, layer_decay=0.5)

@@ -3,7 +3,6 @@ split, the model next to the baselines, entity-level P/R/F1 per label (micro tot
 over folds), and per-article error reports."""
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -57,14 +56,14 @@ def fold_model_spans(cfg: Any, docs: list, tokenizer, train_ids: list[str], test
     """The model's spans on a fold's test articles, trained on its train articles. Cached in the
     fold folder under a key of the run settings and the split: an interrupted cross-validation
     resumes at the fold it stopped in, and inference-only ablations (``infer.*``) never retrain."""
-    from .training import run_settings, train_on
+    from .trainer import run_settings, settings_key
+    from .training import train_on
 
     settings = run_settings(cfg)
     if not cfg.train.lexicon_features:  # then the gazetteer is only an output layer, built afresh (fold_gazetteer)
         settings["train"].pop("gazetteer", None)
-    key = hashlib.sha256(json.dumps({"settings": settings, "max_steps": cfg.train.max_steps,
-                                     "train": sorted(train_ids), "test": sorted(test_ids)},
-                                    sort_keys=True).encode()).hexdigest()
+    key = settings_key({"settings": settings, "max_steps": cfg.train.max_steps, "train": sorted(train_ids),
+                        "test": sorted(test_ids)}, 64)
     cache = fold_dir / FOLD_CACHE
     if cache.exists():
         rec = json.loads(cache.read_text(encoding="utf-8"))

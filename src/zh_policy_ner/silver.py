@@ -20,6 +20,7 @@ from .baselines import make_baseline
 from .corpus import RawDoc, inews_texts, iter_documents, read_appended_jsonl
 from .dataset import PreparedDoc
 from .layers import SpanLayers, parse_layers
+from .trainer import build_model, fit, run_settings, settings_key
 from .text import already_normalized, normalize
 
 log = logging.getLogger(__name__)
@@ -50,18 +51,37 @@ def silver_texts(scfg: Any, seed: int) -> list[str]:
     return [t[: scfg.max_chars_per_text] for t in texts if t.strip()]
 
 
+# train settings the silver pass never sees (the gold pass's boosters and outputs, the silver
+# stage's own bookkeeping): everything else in the resolved config shapes the silver model
+_GOLD_ONLY = ("lexicon_features", "gazetteer", "mention_swap", "self_training", "early_stopping_patience")
+_SILVER_BOOKKEEPING = ("replay", "replay_o", "replay_policy", "export_dir", "cache_dir", "workers", "enabled")
+
+
+def silver_fit_config(cfg: Any):
+    """The train config the silver pass is fitted with: ``train`` with the silver epochs and lr."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.merge(cfg.train, {"epochs": cfg.train.silver.epochs, "lr": cfg.train.silver.lr,
+                                       "max_steps": -1, "resume": False})
+
+
 def silver_model_key(cfg: Any) -> str:
-    """Cache key of the silver-stage model: everything that shapes it (paths resolved)."""
-    scfg = cfg.train.silver
-    model = Path(cfg.model.name_or_path)
-    keys = {"tagger": scfg.tagger, "news": scfg.news_articles, "max_chars": scfg.max_chars_per_text,
-            "min_domain_words": scfg.min_domain_words,
-            "scraped": str(Path(scfg.scraped).resolve()) if scfg.scraped else None, "seed": cfg.seed,
-            "model": str(model.resolve()) if model.exists() else str(model), "epochs": scfg.epochs, "lr": scfg.lr,
-            "dropout": [cfg.train.hidden_dropout, cfg.train.attention_dropout], "max_length": cfg.data.max_length,
-            # only when on, so that caches built before the option keep their keys
-            "labels": SILVER_LABELS, **({"places": True} if scfg.places else {})}
-    return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
+    """Cache key of the silver-stage model: the hash of the resolved config it is trained under
+    (:func:`~zh_policy_ner.trainer.run_settings`, with the train settings of :func:`silver_fit_config`),
+    without the gold pass's own settings, so that no setting that shapes it can reuse a stale one."""
+    from omegaconf import OmegaConf
+
+    settings = run_settings(OmegaConf.merge(cfg, {"train": silver_fit_config(cfg)}))
+    for k in _GOLD_ONLY:
+        settings["train"].pop(k, None)
+    for k in _SILVER_BOOKKEEPING:
+        settings["train"]["silver"].pop(k, None)
+    settings["data"] = {k: settings["data"][k] for k in ("max_length", "stride")}  # it reads no gold data
+    scraped, model = settings["train"]["silver"].get("scraped"), Path(cfg.model.name_or_path)
+    settings["train"]["silver"]["scraped"] = str(Path(scraped).resolve()) if scraped else None
+    settings["model"]["name_or_path"] = str(model.resolve()) if model.exists() else str(model)
+    settings["silver_labels"] = list(SILVER_LABELS)
+    return settings_key(settings, 12)
 
 
 def _text_key(text: str) -> str:
@@ -113,10 +133,7 @@ def silver_model(cfg: Any, tokenizer) -> str:
     """Path of the encoder after the silver pass (trained once per silver config, then reused).
     Its head knows only O and PER/LOC, so the silver text's ``O`` on measures never teaches
     "not POLICY"; the gold pass keeps these rows and starts the POLICY rows fresh."""
-    from omegaconf import OmegaConf
-
     from .dataset import bio_label_names, build_windows, to_dataset
-    from .training import build_model, fit
 
     scfg = cfg.train.silver
     root = Path(scfg.cache_dir)
@@ -126,7 +143,7 @@ def silver_model(cfg: Any, tokenizer) -> str:
     docs = silver_docs(scfg, cfg.seed, root)
     labels = bio_label_names(SILVER_LABELS)
     ds = to_dataset(build_windows(docs, tokenizer, labels, cfg.data.max_length, cfg.data.stride))
-    tcfg = OmegaConf.merge(cfg.train, {"epochs": scfg.epochs, "lr": scfg.lr, "max_steps": -1, "resume": False})
+    tcfg = silver_fit_config(cfg)
     log.info("silver pass: %d windows from %d texts", len(ds), len(docs))
     trainer = fit(build_model(cfg.model.name_or_path, labels, cfg.train), tokenizer, ds, tcfg, out / "run")
     trainer.save_model(str(out))
