@@ -24,6 +24,26 @@ def compose(*overrides: str):
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
+# The tiny-run settings every training test shares, set once: short windows, two steps, fp32.
+TINY = ("data.max_length=64", "data.stride=16", "train.max_steps=2", "train.bf16=false")
+
+
+def tiny_config(model_dir, out, *overrides: str):
+    """The project's config for a tiny run: ``model_dir`` as the encoder, every output under ``out``
+    (``paths.output_dir``: the model, evaluation, predictions), :data:`TINY`; ``overrides`` win over
+    both (a key given twice keeps the last value, as on a command line read left to right)."""
+    chosen: dict[str, str] = {}
+    for item in (f"model.name_or_path={model_dir}", f"paths.output_dir={out}", *TINY, *overrides):
+        chosen[item.split("=", 1)[0].lstrip("+~")] = item
+    return compose(*chosen.values())
+
+
+@pytest.fixture()
+def tiny_cfg(tiny_model_dir, tmp_path):
+    """``tiny_cfg(*overrides)``: :func:`tiny_config` on the tiny encoder, outputs under ``tmp_path``."""
+    return lambda *overrides: tiny_config(tiny_model_dir, tmp_path, *overrides)
+
+
 @pytest.fixture(scope="session")
 def seed_texts() -> list[str]:
     from zh_policy_ner.text import normalize, read_text
@@ -63,6 +83,5 @@ def model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     from zh_policy_ner.training import train
 
     out = tmp_path_factory.mktemp("m")
-    train(compose(f"model.name_or_path={tiny_model_dir}", f"train.output_dir={out}", "data.max_length=64",
-                  "data.stride=16", "train.max_steps=2", "train.bf16=false"))
+    train(tiny_config(tiny_model_dir, out, f"train.output_dir={out}"))
     return out

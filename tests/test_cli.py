@@ -14,7 +14,7 @@ import pytest
 
 from zh_policy_ner import cli
 
-from .conftest import ROOT, SEED_IDS, compose
+from .conftest import ROOT, SEED_IDS, compose, tiny_config
 
 
 def run_script(script: str, *overrides: str, tmp: Path, interrupt: tuple[str, str] | None = None):
@@ -179,9 +179,8 @@ def test_resume_passes_over_a_half_written_checkpoint(tiny_model_dir, tmp_path, 
     from zh_policy_ner.training import train
 
     def cfg(out, steps):
-        return compose(f"model.name_or_path={tiny_model_dir}", f"train.output_dir={out}", "data.max_length=64",
-                       "data.stride=16", "train.batch_size=8", "train.warmup=0", "train.save_steps=2",
-                       "train.bf16=false", f"train.max_steps={steps}")
+        return tiny_config(tiny_model_dir, out, f"train.output_dir={out}", "train.batch_size=8", "train.warmup=0",
+                           "train.save_steps=2", f"train.max_steps={steps}")
 
     out = tmp_path / "a"
     train(cfg(out, 4))

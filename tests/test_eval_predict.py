@@ -11,7 +11,7 @@ from zh_policy_ner.evaluation import evaluate
 from zh_policy_ner.metrics import entity_scores, error_cases, write_error_report
 from zh_policy_ner.predict import done_ids, run_predict
 
-from .conftest import ROOT, SEED_IDS, SEEDS_ANN, compose
+from .conftest import ROOT, SEED_IDS, SEEDS_ANN, compose, tiny_config
 
 
 def test_error_report_on_crafted_case(tmp_path):
@@ -134,10 +134,8 @@ def test_prefecture_short_forms_and_place_abbreviations():
 
 
 def test_one_cv_fold_end_to_end(tiny_model_dir, tmp_path):
-    overrides = [f"model.name_or_path={tiny_model_dir}", f"eval.output_dir={tmp_path}", "data.max_length=64",
-                 "data.stride=16", "train.max_steps=4", "train.bf16=false", f"eval.folds=[{SEED_IDS[2]}]",
-                 "eval.baselines=[dictionary,jieba]"]
-    results, out = evaluate(compose(*overrides))
+    overrides = ["train.max_steps=4", f"eval.folds=[{SEED_IDS[2]}]", "eval.baselines=[dictionary,jieba]"]
+    results, out = evaluate(tiny_config(tiny_model_dir, tmp_path, f"eval.output_dir={tmp_path}", *overrides))
     assert results["documents"] == [SEED_IDS[2]]
     assert set(results["micro"]) == {"model", "model+lexicons", "dictionary", "jieba"}
     # the gazetteer row holds every dictionary match, so it finds at least what the dictionary finds
@@ -146,37 +144,32 @@ def test_one_cv_fold_end_to_end(tiny_model_dir, tmp_path):
     weights = (out / "folds" / SEED_IDS[2] / "model.safetensors").read_bytes()
     # a fold is reproducible: the same fold trained again (random state moved on since) gives the same weights
     torch.manual_seed(123)
-    evaluate(compose(*overrides[:1], f"eval.output_dir={tmp_path / 'again'}", *overrides[2:]))
+    evaluate(tiny_config(tiny_model_dir, tmp_path / "again", f"eval.output_dir={tmp_path / 'again'}", *overrides))
     assert (tmp_path / "again" / "folds" / SEED_IDS[2] / "model.safetensors").read_bytes() == weights
 
 
-def test_cv_resumes_from_fold_cache_and_inference_ablations_do_not_retrain(tiny_model_dir, tmp_path):
-    base = [f"model.name_or_path={tiny_model_dir}", f"eval.output_dir={tmp_path}", "data.max_length=64",
-            "data.stride=16", "train.max_steps=2", "train.bf16=false", "eval.k=2", "eval.baselines=[]",
-            f"data.annotations={SEEDS_ANN}"]
-    first, _ = evaluate(compose(*base))
+def test_cv_resumes_from_fold_cache_and_inference_ablations_do_not_retrain(tiny_cfg, tmp_path):
+    base = [f"eval.output_dir={tmp_path}", "eval.k=2", "eval.baselines=[]", f"data.annotations={SEEDS_ANN}"]
+    first, _ = evaluate(tiny_cfg(*base))
     assert sorted(first["documents"]) == SEED_IDS              # two folds by article cover every article once
     weights = sorted((tmp_path / "folds").glob("fold*/model.safetensors"))
     assert len(weights) == 2
     stamps = [w.stat().st_mtime_ns for w in weights]
-    ablation, _ = evaluate(compose(*base, "infer.layers=[gazetteer,abbreviations]"))  # inference only: re-scored from the cache
+    ablation, _ = evaluate(tiny_cfg(*base, "infer.layers=[gazetteer,abbreviations]"))  # inference only: re-scored from the cache
     assert [w.stat().st_mtime_ns for w in weights] == stamps
     assert ablation["micro"]["model"] == first["micro"]["model"]
     weights[1].parent.joinpath("fold_predictions.json").unlink()   # as if interrupted in the second fold
-    evaluate(compose(*base))
+    evaluate(tiny_cfg(*base))
     assert weights[0].stat().st_mtime_ns == stamps[0] and weights[1].stat().st_mtime_ns != stamps[1]
-    evaluate(compose(*base, "train.lr=1e-3"))                     # a training setting: every fold retrains
+    evaluate(tiny_cfg(*base, "train.lr=1e-3"))                     # a training setting: every fold retrains
     assert weights[0].stat().st_mtime_ns != stamps[0]
 
 
-def test_learning_curve_on_three_documents(tiny_model_dir, tmp_path):
+def test_learning_curve_on_three_documents(tiny_cfg, tmp_path):
     lines = (ROOT / "annotations" / "seeds.jsonl").read_text(encoding="utf-8").splitlines()[:3]
     ann = tmp_path / "three.jsonl"
     ann.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    results, out = evaluate(compose(f"model.name_or_path={tiny_model_dir}", f"eval.output_dir={tmp_path / 'eval'}",
-                                    f"data.annotations={ann}", "data.max_length=64", "data.stride=16",
-                                    "train.max_steps=2", "train.bf16=false", "eval.mode=curve", "eval.k=3",
-                                    "eval.curve_sizes=[1,2]"))
+    results, out = evaluate(tiny_cfg(f"data.annotations={ann}", "eval.mode=curve", "eval.k=3", "eval.curve_sizes=[1,2]"))
     assert [r["train_docs"] for r in results["rows"]] == [1, 2]
     assert all({"model", "model+lexicons"} <= set(r) for r in results["rows"])
     assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

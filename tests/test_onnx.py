@@ -14,7 +14,7 @@ from zh_policy_ner import onnx_backend  # noqa: E402
 from zh_policy_ner.dataset import encode_windows  # noqa: E402
 from zh_policy_ner.inference import Predictor  # noqa: E402
 
-from .conftest import ROOT, compose  # noqa: E402
+from .conftest import ROOT, compose, tiny_config  # noqa: E402
 
 WINDOW = {"max_length": 64, "stride": 16}
 
@@ -25,9 +25,8 @@ def trained_dir(tiny_model_dir, tmp_path_factory):
     from zh_policy_ner.training import train
 
     out = tmp_path_factory.mktemp("onnx-model")
-    train(compose(f"model.name_or_path={tiny_model_dir}", f"train.output_dir={out}", "data.max_length=64",
-                  "data.stride=16", "train.batch_size=8", "train.lr=5e-3", "train.warmup=0", "train.max_steps=12",
-                  "train.bf16=false", "train.export_onnx=true"))
+    train(tiny_config(tiny_model_dir, out, f"train.output_dir={out}", "train.batch_size=8", "train.lr=5e-3",
+                      "train.warmup=0", "train.max_steps=12", "train.export_onnx=true"))
     return out
 
 

@@ -14,13 +14,12 @@ from zh_policy_ner.silver import silver_docs
 from zh_policy_ner.trainer import build_model
 from zh_policy_ner.training import train
 
-from .conftest import SEED_IDS, compose
+from .conftest import SEED_IDS, compose, tiny_config
 
 
 def tiny_train_cfg(model_dir, out, *extra):
-    return compose(f"model.name_or_path={model_dir}", f"train.output_dir={out}", "data.max_length=64", "data.stride=16",
-                   "train.batch_size=8", "train.lr=5e-3", "train.warmup=0", "train.logging_steps=2",
-                   "train.save_steps=4", "train.bf16=false", *extra)
+    return tiny_config(model_dir, out, f"train.output_dir={out}", "train.batch_size=8", "train.lr=5e-3",
+                       "train.warmup=0", "train.logging_steps=2", "train.save_steps=4", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -222,8 +221,7 @@ def test_lexicon_features_are_cross_fitted_and_rebuilt_at_prediction(tiny_model_
 
     feats = LexiconFeatures(("PER", "LOC", "POLICY"), DictionaryTagger({"谭作钧": "PER", "核酸检测": "POLICY"}))
     assert feats.char_ids("市委书记谭作钧要求核酸检测").tolist() == [0, 0, 0, 0, 1, 2, 2, 0, 0, 5, 6, 6, 6]
-    cfg = compose(f"model.name_or_path={tiny_model_dir}", f"train.output_dir={tmp_path}", "data.max_length=64",
-                  "data.stride=16", "train.max_steps=2", "train.bf16=false", "train.lexicon_features=true",
+    cfg = tiny_config(tiny_model_dir, tmp_path, f"train.output_dir={tmp_path}", "train.lexicon_features=true",
                   f"data.annotations={SEEDS_ANN}", "train.gazetteer.guideline_terms=null",
                   "train.gazetteer.quoted_formulas=false", "train.gazetteer.measure_phrases=false")
     # cross-fitting: a name that only one training article holds is not a feature of that article
