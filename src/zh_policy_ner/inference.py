@@ -7,6 +7,7 @@ token probabilities; tags go back to characters and spans to the raw text, so th
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from .dataset import encode_windows, tags_to_spans
 from .features import window_type_ids
 from .layers import GAZETTEER_FILE, SpanLayers, resolve_layers
 from .text import Normalized, normalize
+
+log = logging.getLogger(__name__)
 
 
 
@@ -210,9 +213,13 @@ class Predictor:
         if precision == "bf16" and next(model.parameters()).dtype != torch.bfloat16:
             model = copy.deepcopy(model).to(torch.bfloat16)  # the caller's model (a trainer's) stays as it is
         self.model = model
+        # A model trained on shorter windows (its tokenizer's model_max_length) caps max_length, and
+        # the overlap must stay below the window: both said, never silent.
         self.max_length = min(max_length, getattr(tokenizer, "model_max_length", max_length) or max_length)
-        # A model trained on shorter windows caps max_length; keep the overlap below the window.
         self.stride = stride if stride < self.max_length - 2 else (self.max_length - 2) // 4
+        if (self.max_length, self.stride) != (max_length, stride):
+            log.warning("windows of %d tokens with %d shared (asked: %d and %d): the model was trained on windows "
+                        "of %d tokens", self.max_length, self.stride, max_length, stride, self.max_length)
         self.batch_size = batch_size
         self.labels = [lab for _, lab in sorted((int(k), v) for k, v in model.config.id2label.items())]
 
@@ -226,7 +233,6 @@ class Predictor:
         :mod:`~zh_policy_ner.onnx_backend`) or ``auto`` (onnx on CPU when onnxruntime is installed
         and the precision is ``auto``/``int8``, except on bf16 CPUs; else torch: see
         :func:`~zh_policy_ner.onnx_backend.resolve_backend`); ``num_threads``: ONNX Runtime's threads."""
-        import logging
         from pathlib import Path
 
         from transformers import AutoConfig, AutoModelForTokenClassification
@@ -255,13 +261,12 @@ class Predictor:
                 except Exception as err:  # auto: the torch forward is always there to fall back on
                     if backend == "onnx":
                         raise
-                    logging.getLogger(__name__).warning("ONNX backend unavailable (%s: %s): using torch",
-                                                        type(err).__name__, err)
+                    log.warning("ONNX backend unavailable (%s: %s): using torch", type(err).__name__, err)
         # with ONNX Runtime the torch weights are not needed (their load is most of the start-up)
         model = None if kwargs.get("runner") is not None else AutoModelForTokenClassification.from_pretrained(path)
         predictor = cls(model, load_tokenizer(path), config=config, **kwargs)
-        logging.getLogger(__name__).info("inference backend: %s on %s; span layers: %s", predictor.precision,
-                                         predictor.device, ", ".join(span_layers.names) or "none (the bare model)")
+        log.info("inference backend: %s on %s; span layers: %s", predictor.precision, predictor.device,
+                 ", ".join(span_layers.names) or "none (the bare model)")
         return predictor
 
     @torch.inference_mode()

@@ -133,13 +133,13 @@ def batched(pieces: Iterable[Piece], size: int, max_chars: int = 200_000) -> Ite
         yield batch
 
 
-def predict_pieces(predictor: Predictor, pieces: Iterable[Piece], docs_per_batch: int = 64
-                   ) -> Iterator[tuple[Piece, list[Span]]]:
+def predict_pieces(predictor: Predictor, pieces: Iterable[Piece], docs_per_batch: int = 64,
+                   batch_chars: int = 200_000) -> Iterator[tuple[Piece, list[Span]]]:
     """Each piece with its own spans in document offsets: a span belongs to the piece it starts in,
     and one overlapping a span of the piece before is dropped. The one prediction loop of both
     engines (:func:`predict_files`, :mod:`.ray_engine`)."""
     last_end: dict[int, int] = {}
-    for batch in batched(pieces, docs_per_batch):
+    for batch in batched(pieces, docs_per_batch, batch_chars):
         good = [p for p in batch if p.error is None]
         preds = iter(predictor.predict(p.text for p in good))
         for piece in batch:
@@ -350,7 +350,8 @@ def pending(items: Iterable[Doc | DocError], run: RunOutput, shard: tuple[int, i
 
 def predict_files(predictor: Predictor, input_path: str | Path, run: RunOutput, how: Pieces = Pieces(),
                   docs_per_batch: int = 64, progress: bool = True, shard: tuple[int, int] = (0, 1),
-                  on_decode_error: str = "replace", stream_bytes: int | None = 4 << 20) -> PredictSummary:
+                  on_decode_error: str = "replace", stream_bytes: int | None = 4 << 20,
+                  batch_chars: int = 200_000) -> PredictSummary:
     """Stream documents from ``input_path`` through ``predictor`` into ``run`` (an entered
     :class:`RunOutput`). ``shard=(rank, world)`` keeps every ``world``-th input, starting at ``rank``."""
     from tqdm import tqdm
@@ -372,7 +373,7 @@ def predict_files(predictor: Predictor, input_path: str | Path, run: RunOutput, 
             else:
                 yield from cut_pieces(item, how)
 
-    for piece, spans in predict_pieces(predictor, pieces(), docs_per_batch):
+    for piece, spans in predict_pieces(predictor, pieces(), docs_per_batch, batch_chars):
         doc = piece.doc
         if piece.error is not None:
             run.abort()
@@ -493,9 +494,11 @@ def run_predict(cfg: Any) -> PredictSummary:
 
                 summary = predict_ray(cfg, predictor, run, how)
             else:
-                summary = predict_files(predictor, cfg.infer.input, run, how, shard=(rank, world), progress=rank == 0,
+                summary = predict_files(predictor, cfg.infer.input, run, how, cfg.infer.get("docs_per_batch", 64),
+                                        shard=(rank, world), progress=rank == 0,
                                         on_decode_error=cfg.infer.get("on_decode_error", "replace"),
-                                        stream_bytes=cfg.infer.get("stream_bytes", 4 << 20))
+                                        stream_bytes=cfg.infer.get("stream_bytes", 4 << 20),
+                                        batch_chars=cfg.infer.get("batch_chars", 200_000))
     except BaseException:  # Ctrl-C or a failure before the first document: no empty output is left behind
         if fresh and output.exists() and output.stat().st_size == 0:
             output.unlink()
