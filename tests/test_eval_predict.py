@@ -9,7 +9,8 @@ from zh_policy_ner.lexicon import (DictionaryTagger, admin_places, admin_units, 
                                    place_abbreviations, place_tagger, quoted_formulas, read_terms)
 from zh_policy_ner.evaluation import evaluate
 from zh_policy_ner.metrics import entity_scores, error_cases, write_error_report
-from zh_policy_ner.predict import done_ids, run_predict
+from zh_policy_ner.batch import done_ids
+from zh_policy_ner.predict import run_predict
 
 from .conftest import ROOT, SEED_IDS, SEEDS_ANN, compose, tiny_config
 

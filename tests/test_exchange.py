@@ -160,7 +160,8 @@ def test_validator_confines_source_and_names_wrong_type(tmp_path):
 
 def test_resume_reads_records_with_line_separators_inside(tmp_path):
     from zh_policy_ner.corpus import read_appended_jsonl
-    from zh_policy_ner.predict import done_ids, read_predictions
+    from zh_policy_ner.batch import done_ids
+    from zh_policy_ner.reports import read_predictions
 
     out = tmp_path / "p.jsonl"
     recs = [{"doc_id": "a\u2028b", "spans": [{"text": "x\u2029y\x85"}]}, {"doc_id": "c", "spans": []}]

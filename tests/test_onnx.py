@@ -146,7 +146,8 @@ def test_torch_backend_is_unchanged(trained_dir, tmp_path):
     from transformers import AutoModelForTokenClassification
 
     from zh_policy_ner.modeling import load_tokenizer
-    from zh_policy_ner.predict import RunOutput, predict_files, run_predict
+    from zh_policy_ner.batch import RunOutput
+    from zh_policy_ner.predict import predict_files, run_predict
 
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -12,7 +12,8 @@ import pytest
 
 from zh_policy_ner.cli import UsageError
 from zh_policy_ner.corpus import RawDoc, StreamDoc, iter_documents
-from zh_policy_ner.predict import Piece, Pieces, RunOutput, cut_pieces, done_ids, predict_pieces, run_predict
+from zh_policy_ner.batch import Piece, Pieces, RunOutput, cut_pieces, done_ids, predict_pieces
+from zh_policy_ner.predict import run_predict
 
 from .conftest import compose
 
