@@ -12,6 +12,7 @@ from typing import Any
 
 from .baselines import make_baseline
 from .dataset import PreparedDoc, bio_label_names, grouped_folds, leave_one_out, load_docs, prepare_docs, split_docs
+from .guideline import check_guideline_labels
 from .layers import GAZETTEER_FILE, SpanLayers, parse_layers, resolve_layers
 from .lexicon import build_gazetteer
 from .metrics import entity_scores, error_cases, mean_sd, scores_table, write_error_report
@@ -285,6 +286,7 @@ def _report(cfg, out: Path, per_system, fold_scores, errors, mode: str, seconds:
 
 def evaluate(cfg: Any) -> tuple[dict[str, Any], Path]:
     """Dispatch on ``eval.mode`` (``cv`` or ``heldout``); returns results and the output folder."""
+    check_guideline_labels(cfg)
     if cfg.eval.mode == "cv":
         return cross_validate(cfg), Path(cfg.eval.output_dir)
     if cfg.eval.mode == "heldout":

@@ -18,6 +18,7 @@ from .annotations import QUOTE_MARKS, Span, is_edge_junk
 from .dataset import encode_windows, tags_to_spans
 from .features import window_type_ids
 from .layers import GAZETTEER_FILE, SpanLayers, resolve_layers
+from .lexicon import GUIDELINE, LOC, PER
 from .text import Normalized, normalize
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def char_tags_from_tokens(length: int, offsets: Sequence[tuple[int, int]], token
 
 
 # speech verbs that follow a name in meeting reports (谭作钧强调, 李友传达): never part of the name
-SPEECH_VERBS = ("强调", "指出", "传达", "主持", "要求", "表示", "出席", "讲话", "介绍", "提出", "听取", "批示")
+SPEECH_VERBS = GUIDELINE.speech_verbs
 
 
 def tidy_spans(text: str, spans: Sequence[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
@@ -57,14 +58,14 @@ def tidy_spans(text: str, spans: Sequence[tuple[int, int, str]]) -> list[tuple[i
     pieces = []
     for s, e, lab in spans:  # a name or place never spans whitespace: 长春 江城 are two places
         cut = [s] + [i for i in range(s + 1, e) if text[i].isspace() != text[i - 1].isspace()] + [e]
-        pieces += [(a, b, lab) for a, b in zip(cut, cut[1:])] if lab != "POLICY" else [(s, e, lab)]
+        pieces += [(a, b, lab) for a, b in zip(cut, cut[1:])] if lab in (PER, LOC) else [(s, e, lab)]
     out = []
     for s, e, lab in pieces:
         while s < e and is_edge_junk(text[s]):
             s += 1
         while e > s and is_edge_junk(text[e - 1]):
             e -= 1
-        if lab == "PER":
+        if lab == PER:
             for verb in SPEECH_VERBS:
                 if e - s > len(verb) + 1 and text[s:e].endswith(verb):
                     e -= len(verb)

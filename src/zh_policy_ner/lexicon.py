@@ -22,17 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from .dataset import NormSpan
+from .guideline import load_guideline
 
-NUMERALS = frozenset("一二三四五六七八九十两零百千")
+GUIDELINE = load_guideline()  # the word lists and patterns below come from its file, not from this code
+LOC, PER = GUIDELINE.label("places"), GUIDELINE.label("names")
+NUMERALS = GUIDELINE.numerals
 _QUOTED = re.compile(r'“([^“”\n]{2,16})”|「([^「」\n]{2,16})」|‘([^‘’\n]{2,16})’|"([^"\n]{2,16})"')
 _TITLE = re.compile(r"《[^《》\n]*》")
 _FORMULA_CHARS = re.compile(r"^[\u4e00-\u9fff、()()]+$")
-# not measures: plan periods (十三五), meetings (十九大, 两会), and numbered groups of people, places,
-# teams or bodies (四类人员, 五大重点场所, 四支队伍, 十个哨点, 两站一场, 一办十一组)
-_NOT_FORMULA = re.compile(r"^十.五$|[大会员所伍点组场站院]$")
+_NOT_FORMULA = GUIDELINE.not_formula  # plan periods, meetings, numbered groups (see the guideline file)
 
 
-def quoted_formulas(text: str, min_length: int = 3) -> list[NormSpan]:
+def quoted_formulas(text: str, min_length: int = GUIDELINE.data["formulas"]["min_length"]) -> list[NormSpan]:
     """The guideline's named formulas: what stands inside quotation marks when it starts with a
     Chinese numeral and holds only Chinese characters (lists with 、 included), e.g. “两手抓”,
     “八个坚决、八个严防”; never inside a 《》 title, never a goal (“两个确保”目标). POLICY spans, sorted."""
@@ -42,24 +43,19 @@ def quoted_formulas(text: str, min_length: int = 3) -> list[NormSpan]:
         g = next(i for i in range(1, 5) if m.group(i) is not None)
         body, (s, e) = m.group(g), m.span(g)
         if (len(body) >= min_length and body[0] in NUMERALS and _FORMULA_CHARS.match(body)
-                and not _NOT_FORMULA.search(body) and not text.startswith("目标", m.end())
+                and not _NOT_FORMULA.search(body)
+                and not any(text.startswith(w, m.end()) for w in GUIDELINE.data["formulas"]["not_before"])
                 and not any(a <= s and e <= b for a, b in titles)):
-            spans.append((s, e, "POLICY"))
+            spans.append((s, e, GUIDELINE.label("formulas")))
     return spans
 
 
 # Measures named after a verb of carrying them out (guideline, POLICY 2: "no verb of carrying it out
 # ..., no degree words ..., and no generic head"): 加强[社区管控], 加大[流调溯源]力度, 严格执行[居家隔离]措施.
-_VERBS = "加强|落实|严格执行|执行|开展|推进|做好|强化|实施|实行|抓好|加大|严格|提升|夯实|组织|深化|推行|突出|坚持|做实|抓实|压实"
-_DEGREE = "更加|全面|进一步|持续|切实|从严|全力|精准|科学|有效|扎实|深入"
-_MEASURE_HEADS = ("检测|隔离|排查|摸排|管控|管理|监测|监管|执法|救治|整治|整改|接种|消毒|通风|溯源|问责|督导|督查|检查|登记|"
-                  "宣传|教育|测温|扫码|口罩|防控|响应|清零|攻坚|斗争|建设")
-_PHRASE_END = "工作|措施|力度|范围|任务|成果|效果|情况|水平|能力|责任|等|和|及|与|的|[,。;、:!?()“”《》\\s]"
-_PHRASE = re.compile(rf"(?:{_VERBS})(?:{_DEGREE})?((?:(?!{_PHRASE_END}).){{2,8}}?(?:{_MEASURE_HEADS}))(?={_PHRASE_END})")
-_PHRASE_LEAD = re.compile(rf"^(?:{_VERBS}|{_DEGREE}|落细|抓细|抓严|抓紧|抓|好|我市|全市|本市|各地|各级|所有|新一轮)+")
-# the whole effort, manner words and generic words are not measures (guideline, hard cases)
-_NOT_PHRASE = re.compile(r"疫情防控|各项|^宣传教育$|^(统一|应急|常态化|精准|依法|科学|本领域|分类|严格|自我|宣传)*"
-                         r"(防控|管理|检查|宣传|管控)$")
+# Verbs, degree words, measure heads, phrase ends and leads: the guideline file's measure_phrases.
+_PHRASE = GUIDELINE.phrase
+_PHRASE_LEAD = GUIDELINE.phrase_lead
+_NOT_PHRASE = GUIDELINE.not_measure  # the whole effort, manner words and generic words
 
 
 def measure_phrases(text: str) -> list[NormSpan]:
@@ -73,7 +69,7 @@ def measure_phrases(text: str) -> list[NormSpan]:
         if lead:
             start, phrase = start + lead.end(), phrase[lead.end():]
         if len(phrase) >= 2 and not _NOT_PHRASE.search(phrase):
-            spans.append((start, m.end(1), "POLICY"))
+            spans.append((start, m.end(1), GUIDELINE.label("measure_phrases")))
     return spans
 
 
@@ -179,11 +175,7 @@ def build_gazetteer(train_docs, gcfg: Any, withheld_texts: Sequence[str] = ()) -
 
 _NOT_ADMIN = {"市辖区", "县", "省直辖县级行政区划", "自治区直辖县级行政区划"}
 _PROVINCE_SUFFIX = re.compile(r"(省|市|特别行政区|(壮族|回族|维吾尔)?自治区)$")
-# names that are also common words (城区 and 郊区 are district names, 东方 is 东方市, 合作 is 合作市, ...)
-_AMBIGUOUS = {"东方", "安宁", "灯塔", "石狮", "安国", "阳春", "天长", "龙井", "北流", "明光", "福泉", "大安", "安达",
-              "合山", "开远", "和龙", "长乐", "永安", "福安", "南康", "新民", "海门", "城区", "郊区", "矿区", "东区",
-              "西区", "合作", "江山", "五常", "安康", "阿里", "新县", "临江", "山南", "海东", "开平", "永康", "来宾",
-              "白银", "老城区", "新城区", "市中区", "城中区", "城东区", "城西区", "城北区", "城南区", "海港区", "友好区"}
+_AMBIGUOUS = GUIDELINE.ambiguous_places  # names that are also common words (东方, 城区, 合作, ...)
 
 
 @dataclass(frozen=True)
@@ -234,9 +226,9 @@ def admin_places() -> dict[str, str]:
     """Every full name and safe short form of :func:`admin_units`, labelled LOC."""
     places = {}
     for u in admin_units():
-        places[u.name] = "LOC"
+        places[u.name] = LOC
         if u.short:
-            places[u.short] = "LOC"
+            places[u.short] = LOC
     return places
 
 
@@ -262,10 +254,9 @@ def place_tagger() -> "DictionaryTagger":
     return DictionaryTagger(admin_places())
 
 
-# one-character abbreviations of provinces (返鄂人员, 来京人员)
-PROVINCE_ABBREVIATIONS = frozenset("京津沪渝冀晋辽吉黑苏浙皖闽赣鲁豫鄂湘粤琼川蜀黔贵滇云陕秦甘陇青宁新藏桂蒙港澳台")
-_NOT_ABBREVIATION = frozenset("城乡村市县区镇省州岗校家工")
-_ABBREVIATION = re.compile(r"(?<=[返来离抵赴])(\w)(?=人|、[返来离抵赴])|(?<=[返来离抵赴留][“‘])(\w)(?=[”’])")
+PROVINCE_ABBREVIATIONS = GUIDELINE.province_abbreviations  # one character each: 返鄂人员, 来京人员
+_NOT_ABBREVIATION = GUIDELINE.not_abbreviation
+_ABBREVIATION = GUIDELINE.abbreviation
 
 
 def place_abbreviations(text: str, spans: Sequence[NormSpan]) -> list[NormSpan]:
@@ -273,7 +264,7 @@ def place_abbreviations(text: str, spans: Sequence[NormSpan]) -> list[NormSpan]:
     留“[凤]”过年, where the character is a province abbreviation, belongs to a place the document
     names elsewhere (威 of 威海) or starts a unit under such a place (凤 of 凤城市 in a report that
     names 丹东市). LOC spans that overlap none of ``spans``."""
-    places = {text[s:e] for s, e, lab in spans if lab == "LOC" and e - s >= 2}
+    places = {text[s:e] for s, e, lab in spans if lab == LOC and e - s >= 2}
     known = {c for p in places for c in p}
     known |= {c for p in places for c in admin_subunit_initials().get(p, ())}
     known = (known - _NOT_ABBREVIATION) | PROVINCE_ABBREVIATIONS
@@ -282,7 +273,7 @@ def place_abbreviations(text: str, spans: Sequence[NormSpan]) -> list[NormSpan]:
         g = 1 if m.group(1) else 2
         s, e = m.span(g)
         if text[s] in known and all(e <= a or s >= b for a, b, _ in spans):
-            found.append((s, e, "LOC"))
+            found.append((s, e, LOC))
     return found
 
 
@@ -291,11 +282,11 @@ def with_places(text: str, model: Sequence[NormSpan], places: Sequence[NormSpan]
     spans it strictly contains (the model's 长春 of 长春市委, 大 of 大连: the guideline keeps the
     attached suffix) and a model PER that is exactly a place name becomes LOC (威海新闻网)."""
     names = {text[s:e] for s, e, _ in places}
-    model = [(s, e, "LOC") if lab == "PER" and text[s:e] in names else (s, e, lab) for s, e, lab in model]
+    model = [(s, e, LOC) if lab == PER and text[s:e] in names else (s, e, lab) for s, e, lab in model]
     wins = []
     for p in places:
         inside = [m for m in model if m[0] < p[1] and p[0] < m[1]]
-        if inside and all(m[2] == "LOC" and p[0] <= m[0] and m[1] <= p[1] and m[:2] != p[:2] for m in inside):
+        if inside and all(m[2] == LOC and p[0] <= m[0] and m[1] <= p[1] and m[:2] != p[:2] for m in inside):
             wins.append(p)
     kept = [m for m in model if not any(p[0] <= m[0] and m[1] <= p[1] for p in wins)]
     return overlay(places, sorted(kept + wins))

@@ -29,6 +29,7 @@ from typing import Any
 from .batch import Piece, Pieces, PredictSummary, RunOutput, cut_pieces, pending, predict_pieces, predictor_settings
 from .cli import UsageError
 from .corpus import DocError, RawDoc, iter_documents
+from .guideline import check_guideline_labels
 from .inference import Predictor
 from .layers import GAZETTEER_FILE, LayerError, parse_layers, resolve_layers
 from .ray_engine import predict_ray
@@ -140,6 +141,7 @@ def check_predict_paths(cfg: Any) -> None:
             resolve_model_path(str(model))
         except ModelNotAvailable:
             raise UsageError(f"infer.model_dir={model}: no such model folder; {train_hint}") from None
+    check_guideline_labels(cfg)
     if infer.get("on_decode_error", "replace") not in ("replace", "skip"):
         raise UsageError(f"infer.on_decode_error={infer.on_decode_error}: use replace or skip")
     check_output(Path(infer.output), infer.input)

@@ -20,13 +20,14 @@ from .baselines import make_baseline
 from .corpus import RawDoc, inews_texts, iter_documents, read_appended_jsonl
 from .dataset import PreparedDoc
 from .layers import SpanLayers, parse_layers
+from .lexicon import GUIDELINE
 from .trainer import build_model, fit, run_settings, settings_key
 from .text import already_normalized, normalize
 
 log = logging.getLogger(__name__)
 
 SILVER_LABELS = ("PER", "LOC")  # what the taggers label
-DOMAIN_WORDS = ("会议", "书记", "市长", "疫情", "防控", "政府", "部署", "县委", "市委")
+DOMAIN_WORDS = GUIDELINE.domain_words  # government-meeting words (the guideline file's silver.domain_words)
 
 
 @lru_cache(maxsize=1)

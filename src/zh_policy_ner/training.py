@@ -18,6 +18,7 @@ from typing import Any
 from .augment import mention_pools, mention_swap_docs
 from .dataset import PreparedData, PreparedDoc, build_windows, load_prepared, to_dataset
 from .features import LexiconFeatures, enable_features, window_type_ids
+from .guideline import check_guideline_labels
 from .inference import GAZETTEER_FILE, Predictor
 from .layers import save_layers
 from .lexicon import build_gazetteer, place_tagger
@@ -148,6 +149,7 @@ def train(cfg: Any) -> TrainResult:
     from .modeling import load_tokenizer
 
     datasets.disable_progress_bars()
+    check_guideline_labels(cfg)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     data = load_prepared(cfg, tokenizer)
