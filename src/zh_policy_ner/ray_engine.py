@@ -41,7 +41,6 @@ from .batch import Piece, Pieces, PredictSummary, RunOutput, cut_pieces, pending
 log = logging.getLogger(__name__)
 
 RAY_MISSING = 'infer.engine=ray needs Ray: pip install -e ".[ray]"'
-DOCS_PER_BATCH = 64  # documents (pieces) per predictor call on a worker: the local engine's default
 ROWS_PER_YIELD = 64  # rows a worker hands back at a time (memory stays flat on huge JSONL files)
 # passed to the workers of an existing cluster (a local Ray inherits the driver's environment)
 WORKER_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM", "PROJECT_ROOT",
@@ -247,7 +246,7 @@ class PredictWorker:
 
     def __init__(self, model_dir: str, settings: dict[str, Any], how: Pieces, root: str, on_decode_error: str,
                  stream_bytes: int | None, threads: int, expect_backend: str, cwd: str | None = None,
-                 quiet: bool = True):
+                 quiet: bool = True, docs_per_batch: int = 64, batch_chars: int = 200_000):
         import torch
 
         from .cli import set_quiet
@@ -263,6 +262,7 @@ class PredictWorker:
             raise RuntimeError(f"a Ray worker predicts with {backend}, the driver with {expect_backend}: the records "
                                f"would not match the manifest (see infer.ray.gpus_per_worker, infer.precision)")
         self.how, self.root, self.on_decode_error, self.stream_bytes = how, root, on_decode_error, stream_bytes
+        self.docs_per_batch, self.batch_chars = docs_per_batch, batch_chars  # the local engine's batches
 
     def _pieces(self, docs: Iterable[tuple[int, int, Any, str | None]]) -> Iterator[Piece]:
         how = self.how
@@ -281,7 +281,7 @@ class PredictWorker:
     def __call__(self, batch: dict[str, Any]) -> Iterator[dict[str, list]]:
         rows = _Rows()
         docs = _task_docs(batch, self.root, self.on_decode_error, self.stream_bytes)
-        for piece, spans in predict_pieces(self.predictor, self._pieces(docs), DOCS_PER_BATCH):
+        for piece, spans in predict_pieces(self.predictor, self._pieces(docs), self.docs_per_batch, self.batch_chars):
             item: _Doc = piece.doc  # type: ignore[assignment]
             doc = item.doc
             if piece.error is not None:
@@ -502,7 +502,8 @@ def predict_ray(cfg: Any, predictor: Any, run: RunOutput, how: Pieces) -> Predic
             _check_resources(ray, s, started_here)
             worker_kwargs = dict(model_dir=model_dir, settings=settings, how=how, threads=settings["num_threads"],
                                  expect_backend=f"{predictor.precision} on {predictor.device.type}", cwd=cwd,
-                                 quiet=quiet, **read_kwargs)
+                                 quiet=quiet, docs_per_batch=int(cfg.infer.get("docs_per_batch", 64)),
+                                 batch_chars=int(cfg.infer.get("batch_chars", 200_000)), **read_kwargs)
             ds = ray.data.from_items(groups(todo, s.batch_files)).map_batches(
                 PredictWorker, fn_constructor_kwargs=worker_kwargs, batch_size=1, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=s.workers), num_cpus=s.cpus_per_worker,
