@@ -322,13 +322,3 @@ def pending(items: Iterable[Doc | DocError], run: RunOutput, shard: tuple[int, i
             run.skipped += 1  # type: ignore[attr-defined]
             continue
         yield item
-
-
-def predictor_settings(cfg: Any) -> dict[str, Any]:
-    """The keyword arguments of :meth:`~zh_policy_ner.inference.Predictor.from_pretrained` that
-    ``infer.*`` configures (also what a Ray worker builds its predictor from)."""
-    infer = cfg.infer
-    layers = infer.get("layers")
-    return dict(max_length=infer.max_length, stride=infer.stride, batch_size=infer.batch_size,
-                precision=infer.precision, decode=infer.decode, layers=None if layers is None else list(layers),
-                backend=infer.get("backend", "torch"), num_threads=infer.num_threads)

@@ -220,9 +220,8 @@ def evaluate_heldout(cfg: Any) -> dict[str, Any]:
                     "below are not held-out scores; train with data.heldout=[...] first", cfg.eval.model_dir,
                     ", ".join(sorted(seen & set(cfg.data.heldout))))
     # the backend scripts/predict.py uses (infer.backend, infer.precision): the scores are of what users get
-    predictor = Predictor.from_pretrained(cfg.eval.model_dir, max_length=cfg.data.max_length, stride=cfg.data.stride,
-                                          decode=cfg.infer.decode, precision=cfg.infer.precision, layers=[],
-                                          backend=cfg.infer.backend, num_threads=cfg.infer.num_threads)
+    predictor = Predictor.from_config(cfg.eval.model_dir, cfg, layers=[], max_length=cfg.data.max_length,
+                                      stride=cfg.data.stride)
     log.info("held-out evaluation on %s (infer.backend=%s)", predictor.precision, cfg.infer.backend)
     splits = split_docs([d.doc_id for d in docs], cfg.data.heldout, cfg.data.dev)
     data = prepare_docs(docs, predictor.tokenizer, splits, bio_label_names(cfg.data.labels), cfg.data.max_length, cfg.data.stride)

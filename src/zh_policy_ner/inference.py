@@ -10,6 +10,7 @@ import copy
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -171,6 +172,16 @@ class DocPrediction:
     norm_spans: list[tuple[int, int, str]]
 
 
+def predictor_settings(cfg: Any) -> dict[str, Any]:
+    """The keyword arguments of :meth:`Predictor.from_pretrained` that ``infer.*`` configures
+    (:meth:`Predictor.from_config`; also what a Ray worker builds its predictor from)."""
+    infer = cfg.infer
+    layers = infer.get("layers")
+    return dict(max_length=infer.max_length, stride=infer.stride, batch_size=infer.batch_size,
+                precision=infer.precision, decode=infer.decode, layers=None if layers is None else list(layers),
+                backend=infer.get("backend", "torch"), num_threads=infer.num_threads)
+
+
 class Predictor:
     """Wraps a token-classification model and its tokenizer for document-level span prediction."""
 
@@ -269,6 +280,12 @@ class Predictor:
         log.info("inference backend: %s on %s; span layers: %s", predictor.precision, predictor.device,
                  ", ".join(span_layers.names) or "none (the bare model)")
         return predictor
+
+    @classmethod
+    def from_config(cls, model_dir: str, cfg: Any, **overrides: Any) -> "Predictor":
+        """The one way a stage loads a trained folder: the ``infer.*`` settings
+        (:func:`predictor_settings`), with ``overrides`` winning."""
+        return cls.from_pretrained(model_dir, **{**predictor_settings(cfg), **overrides})
 
     @torch.inference_mode()
     def _window_probs(self, input_ids: list[list[int]], type_ids: list[list[int]] | None = None) -> list[np.ndarray]:

@@ -26,11 +26,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .batch import Piece, Pieces, PredictSummary, RunOutput, cut_pieces, pending, predict_pieces, predictor_settings
+from .batch import Piece, Pieces, PredictSummary, RunOutput, cut_pieces, pending, predict_pieces
 from .cli import UsageError
 from .corpus import DocError, RawDoc, iter_documents
 from .guideline import check_guideline_labels
-from .inference import Predictor
+from .inference import Predictor, predictor_settings
 from .layers import GAZETTEER_FILE, LayerError, parse_layers, resolve_layers
 from .ray_engine import predict_ray
 from .reports import output_paths, write_reports
@@ -181,7 +181,7 @@ def run_predict(cfg: Any) -> PredictSummary:
         output = output.with_name(f"{output.stem}.rank{rank:03d}-of-{world:03d}{output.suffix}")
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    predictor = Predictor.from_pretrained(cfg.infer.model_dir, device=device, **predictor_settings(cfg))
+    predictor = Predictor.from_config(cfg.infer.model_dir, cfg, device=device)
     fresh = not output.exists()
     try:
         with RunOutput(output, run_manifest(cfg, predictor, how)) as run:

@@ -36,7 +36,8 @@ from typing import Any
 from .annotations import Span
 from .cli import UsageError
 from .corpus import HTML_SUFFIXES, JSONL_SUFFIXES, TEXT_SUFFIXES, DocError, RawDoc, _doc_id, iter_inputs, read_file
-from .batch import Piece, Pieces, PredictSummary, RunOutput, cut_pieces, pending, predict_pieces, predictor_settings
+from .batch import Piece, Pieces, PredictSummary, RunOutput, cut_pieces, pending, predict_pieces
+from .inference import predictor_settings
 
 log = logging.getLogger(__name__)
 
