@@ -186,16 +186,14 @@ def test_predict_stage_runs_on_onnx(trained_dir, tmp_path, caplog):
 
 
 def test_auto_backend_choice(monkeypatch):
-    from zh_policy_ner import modeling
-
     resolve = onnx_backend.resolve_backend
     assert resolve("torch", "cpu") == "torch" and resolve("onnx", "cpu", "fp32") == "onnx"
     assert resolve("auto", "cuda:0") == "torch"  # GPUs: torch
     assert resolve("auto", "cpu", "fp32") == resolve("auto", "cpu", "bf16") == "torch"  # an explicit torch precision
     assert resolve("auto", "cpu", "int8") == "onnx"
-    monkeypatch.setattr(modeling, "use_bf16", lambda setting="auto": False)
+    monkeypatch.setattr(onnx_backend, "use_bf16", lambda setting="auto": False)
     assert resolve("auto", "cpu") == "onnx"   # AVX2/AVX-512 CPUs without bf16: ONNX int8
-    monkeypatch.setattr(modeling, "use_bf16", lambda setting="auto": True)
+    monkeypatch.setattr(onnx_backend, "use_bf16", lambda setting="auto": True)
     assert resolve("auto", "cpu") == "torch"  # AMX/AVX512-BF16: torch bf16 is faster
     monkeypatch.setattr(onnx_backend, "available", lambda: False)
     assert resolve("auto", "cpu", "int8") == "torch"

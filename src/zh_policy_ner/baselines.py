@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
+from .cli import silenced_stdout
 from .dataset import NormSpan
 from .lexicon import DictionaryTagger
 
@@ -57,8 +58,6 @@ class JiebaTagger:
 @lru_cache(maxsize=1)
 def _thulac():
     import thulac
-
-    from .cli import silenced_stdout
 
     with silenced_stdout():  # "Model loaded succeed", printed by THULAC (quiet=false lets it through)
         return thulac.thulac()

@@ -26,6 +26,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .modeling import ModelNotAvailable, last_complete_checkpoint
+
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 QUIET_ENV = "ZH_POLICY_NER_QUIET"  # inherited by worker processes (the silver stage's taggers)
@@ -123,8 +125,6 @@ def stage(cfg: Any = None, kept: str | Callable[[], str] = "nothing is kept") ->
         _say("error", str(e))
         sys.exit(EXIT_USAGE)
     except Exception as e:
-        from .modeling import ModelNotAvailable
-
         if isinstance(e, ModelNotAvailable):
             _say("error", str(e))
             sys.exit(EXIT_USAGE)
@@ -148,8 +148,6 @@ def script(kept: str | Callable[[Any], str] = "nothing is kept"):
 def checkpoints_kept(folder: Any, every: str, what: str) -> str:
     """The Ctrl-C line of a Trainer run: the newest complete checkpoint in ``folder`` and that the
     same command resumes from it, or that none was written yet (one every ``every``)."""
-    from .modeling import last_complete_checkpoint
-
     last = last_complete_checkpoint(str(folder))
     if last is None:
         return f"no checkpoint written yet in {folder} (one every {every}); the same command starts {what} afresh"

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .annotations import LABELS, AnnotatedDoc, Span
+from .annotations import LABELS, AnnotatedDoc, Span, load_annotations
+from .cli import UsageError
+from .modeling import load_tokenizer
 from .text import Normalized, normalize
 
 IGNORE_INDEX = -100
@@ -232,8 +234,6 @@ def summary_table(manifest: dict[str, Any]) -> str:
 
 def load_docs(cfg: Any) -> list[AnnotatedDoc]:
     """The validated annotated documents the ``data`` config names (raises listing every error)."""
-    from .annotations import load_annotations
-
     return load_annotations(cfg.data.annotations, root=cfg.data.source_root, labels=cfg.data.labels)[0]
 
 
@@ -247,8 +247,6 @@ def load_prepared(cfg: Any, tokenizer, docs: Sequence[AnnotatedDoc] | None = Non
 def prepare(cfg: Any, tokenizer=None) -> tuple[PreparedData, Path]:
     """The prepare stage: load + validate annotations, build and save datasets and manifest."""
     import datasets
-
-    from .modeling import load_tokenizer
 
     datasets.disable_progress_bars()
     tokenizer = tokenizer or load_tokenizer(cfg.model.name_or_path)
@@ -274,8 +272,6 @@ def _save(data: PreparedData, out: Path) -> None:
     anything that the prepare stage does not write (a mistyped ``data.output_dir``)."""
     import os
     import shutil
-
-    from .cli import UsageError
 
     if out.is_dir():
         foreign = sorted(p.name for p in out.iterdir() if p.name not in PREPARED_ENTRIES)

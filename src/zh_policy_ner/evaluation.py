@@ -13,9 +13,14 @@ from typing import Any
 from .baselines import make_baseline
 from .dataset import PreparedDoc, bio_label_names, grouped_folds, leave_one_out, load_docs, prepare_docs, split_docs
 from .guideline import check_guideline_labels
+from .inference import Predictor
 from .layers import GAZETTEER_FILE, SpanLayers, parse_layers, resolve_layers
 from .lexicon import build_gazetteer
 from .metrics import entity_scores, error_cases, mean_sd, scores_table, write_error_report
+from .modelcard import command_line
+from .modeling import load_tokenizer
+from .trainer import run_settings, settings_key
+from .training import train_on
 
 log = logging.getLogger(__name__)
 MODEL = "model"
@@ -57,9 +62,6 @@ def fold_model_spans(cfg: Any, docs: list, tokenizer, train_ids: list[str], test
     """The model's spans on a fold's test articles, trained on its train articles. Cached in the
     fold folder under a key of the run settings and the split: an interrupted cross-validation
     resumes at the fold it stopped in, and inference-only ablations (``infer.*``) never retrain."""
-    from .trainer import run_settings, settings_key
-    from .training import train_on
-
     settings = run_settings(cfg)
     if not cfg.train.lexicon_features:  # then the gazetteer is only an output layer, built afresh (fold_gazetteer)
         settings["train"].pop("gazetteer", None)
@@ -84,8 +86,6 @@ def fold_model_spans(cfg: Any, docs: list, tokenizer, train_ids: list[str], test
 
 def _all_docs(cfg: Any) -> tuple[list, Any, dict[str, PreparedDoc]]:
     """The annotated documents, the model's tokenizer, and every document prepared (for scoring)."""
-    from .modeling import load_tokenizer
-
     docs = load_docs(cfg)
     tokenizer = load_tokenizer(cfg.model.name_or_path)
     prepared = prepare_docs(docs, tokenizer, {"train": [d.doc_id for d in docs]}, bio_label_names(cfg.data.labels),
@@ -207,8 +207,6 @@ def _plot_curve(rows: list[dict], labels: list[str], path: Path) -> None:
 
 def evaluate_heldout(cfg: Any) -> dict[str, Any]:
     """Score a trained model folder (``eval.model_dir``) on ``data.heldout`` articles."""
-    from .inference import Predictor
-
     if not cfg.data.heldout:
         raise ValueError("eval.mode=heldout needs data.heldout=[doc_id,...]")
     out = Path(cfg.eval.output_dir)
@@ -243,8 +241,6 @@ def evaluate_heldout(cfg: Any) -> dict[str, Any]:
 
 def _report(cfg, out: Path, per_system, fold_scores, errors, mode: str, seconds: float,
             sources: dict[str, str] | None = None, layer_names: list[str] | None = None) -> dict[str, Any]:
-    from .modelcard import command_line
-
     labels = list(cfg.data.labels)
     micro = {name: _pooled(pairs) for name, pairs in per_system.items()}
     spread = {name: mean_sd(fs, labels) for name, fs in fold_scores.items()}

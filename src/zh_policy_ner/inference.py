@@ -17,9 +17,11 @@ import torch
 
 from .annotations import QUOTE_MARKS, Span, is_edge_junk
 from .dataset import encode_windows, tags_to_spans
-from .features import window_type_ids
+from .features import LexiconFeatures, feature_labels, window_type_ids
 from .layers import GAZETTEER_FILE, SpanLayers, resolve_layers
-from .lexicon import GUIDELINE, LOC, PER
+from .lexicon import GUIDELINE, LOC, PER, DictionaryTagger, place_tagger
+from .modeling import load_tokenizer, resolve_model_path, use_bf16
+from .onnx_backend import load_runner, resolve_backend
 from .text import Normalized, normalize
 
 log = logging.getLogger(__name__)
@@ -196,8 +198,6 @@ class Predictor:
         ``runner``: an :class:`~zh_policy_ner.onnx_backend.OrtRunner` that computes the logits in
         place of ``model`` (ONNX Runtime, CPU; ``model`` may then be ``None`` with ``config`` giving the
         labels: the torch weights are never loaded)."""
-        from .modeling import use_bf16
-
         self.tokenizer = tokenizer
         self.runner = runner
         self.features = features  # LexiconFeatures for a model trained with lexicon features (token-type ids)
@@ -249,10 +249,6 @@ class Predictor:
 
         from transformers import AutoConfig, AutoModelForTokenClassification
 
-        from .features import LexiconFeatures, feature_labels
-        from .lexicon import DictionaryTagger, place_tagger
-        from .modeling import load_tokenizer, resolve_model_path
-
         path = resolve_model_path(model_dir)
         span_layers = SpanLayers.build(resolve_layers(layers, path), Path(path) / GAZETTEER_FILE)
         kwargs["layers"] = span_layers
@@ -265,8 +261,6 @@ class Predictor:
             kwargs["features"] = LexiconFeatures(labels, span_layers.gazetteer or DictionaryTagger.load(gaz),
                                                  span_layers.places or place_tagger())
         if backend != "torch":
-            from .onnx_backend import load_runner, resolve_backend
-
             if resolve_backend(backend, kwargs.get("device"), kwargs.get("precision", "auto")) == "onnx":
                 try:
                     kwargs["runner"] = load_runner(path, kwargs.get("precision", "auto"), num_threads)

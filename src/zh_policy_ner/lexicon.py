@@ -23,6 +23,7 @@ from typing import Any
 
 from .dataset import NormSpan
 from .guideline import load_guideline
+from .text import normalize
 
 GUIDELINE = load_guideline()  # the word lists and patterns below come from its file, not from this code
 LOC, PER = GUIDELINE.label("places"), GUIDELINE.label("names")
@@ -146,8 +147,6 @@ def doc_mentions(docs) -> dict[str, str]:
 def read_terms(path: str | Path) -> dict[str, str]:
     """``term<TAB>label`` lines (``#`` comments), e.g. ``annotations/guideline_terms.tsv``; the terms
     are normalised like the text they are matched on. Errors name the file and line."""
-    from .text import normalize
-
     terms = {}
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip() or line.startswith("#"):

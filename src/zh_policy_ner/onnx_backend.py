@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from .modeling import use_bf16
+
 log = logging.getLogger(__name__)
 
 EXPORT_VERSION = 2   # bump when the export, optimisation or quantisation code changes what it writes
@@ -299,8 +301,6 @@ def resolve_backend(backend: str = "auto", device: Any = None, precision: str = 
     if backend != "auto":
         return backend
     import torch
-
-    from .modeling import use_bf16
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -32,6 +32,8 @@ from .corpus import DocError, RawDoc, iter_documents
 from .guideline import check_guideline_labels
 from .inference import Predictor, predictor_settings
 from .layers import GAZETTEER_FILE, LayerError, parse_layers, resolve_layers
+from .modeling import ModelNotAvailable, resolve_model_path
+from .onnx_backend import weights_hash
 from .ray_engine import predict_ray
 from .reports import output_paths, write_reports
 
@@ -105,8 +107,6 @@ def check_predict_paths(cfg: Any) -> None:
     ``infer.input`` is unset or missing, ``infer.model_dir`` is not a model folder (or a reachable
     hub name), ``infer.layers`` names an unknown layer or the gazetteer that the folder lacks, or ``infer.output``
     is a folder, an input or inside the input folder."""
-    from .modeling import ModelNotAvailable, resolve_model_path
-
     infer = cfg.infer
     if infer.get("input") in (None, ""):
         raise UsageError("infer.input is not set: point it at a report file, a folder of reports or a JSONL file "
@@ -155,9 +155,6 @@ def pieces_settings(cfg: Any) -> Pieces:
 
 def run_manifest(cfg: Any, predictor: Predictor, how: Pieces) -> dict[str, Any]:
     """What a run's records depend on: the model's weights, the backend, the span settings."""
-    from .modeling import resolve_model_path
-    from .onnx_backend import weights_hash
-
     settings = {k: v for k, v in predictor_settings(cfg).items() if k not in ("batch_size", "num_threads", "backend")}
     settings.update(segment_chars=how.size, context_chars=how.context, layers=predictor.layers.names)
     return {"model_dir": str(cfg.infer.model_dir), "model_sha256": weights_hash(resolve_model_path(cfg.infer.model_dir)),

@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .corpus import RawDoc, inews_texts, iter_documents
-from .modeling import attach_progress, use_bf16
+from .modelcard import write_model_card
+from .modeling import attach_progress, last_complete_checkpoint, resolve_model_path, save_half, use_bf16
 from .text import normalize
 from .tokenization import build_vocab, make_tokenizer, unknown_rate
 
@@ -162,8 +163,6 @@ def build_model_and_tokenizer(cfg: Any, train_texts: list[str]):
     from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
 
     if cfg.init_from:
-        from .modeling import resolve_model_path
-
         path = resolve_model_path(cfg.init_from)
         model = AutoModelForMaskedLM.from_pretrained(path)
         if type(model) is BertForMaskedLM:
@@ -213,8 +212,6 @@ def _time_limit_callback(max_minutes: float | None):
 def pretrain(cfg: Any) -> PretrainResult:
     """Run masked-LM pretraining as configured by the ``pretrain`` group; export the model folder."""
     from transformers import Trainer, TrainingArguments
-
-    from .modeling import last_complete_checkpoint
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -324,14 +321,11 @@ def pretrain(cfg: Any) -> PretrainResult:
 
 def export_model(model, tokenizer, folder: Path, metrics: dict[str, Any], cfg: Any) -> None:
     """Save a shippable folder: fp16 safetensors (loads as fp32), tokenizer, metrics, model card."""
-    from .modeling import save_half
-
     model.config.architectures = ["BertForMaskedLM"] if "Bert" in type(model).__name__ else model.config.architectures
     if cfg.get("export_dropout") is not None and hasattr(model.config, "hidden_dropout_prob"):
         # Pretraining may run without dropout; fine-tuning on a few articles wants it back.
         model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = cfg.export_dropout
     save_half(model, tokenizer, folder)
     (folder / "pretrain_metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
-    from .modelcard import write_model_card
 
     write_model_card(folder, model, metrics, cfg)

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from .annotations import Span
-from .cli import UsageError
-from .corpus import HTML_SUFFIXES, JSONL_SUFFIXES, TEXT_SUFFIXES, DocError, RawDoc, _doc_id, iter_inputs, read_file
 from .batch import Piece, Pieces, PredictSummary, RunOutput, cut_pieces, pending, predict_pieces
-from .inference import predictor_settings
+from .cli import UsageError, set_quiet
+from .corpus import HTML_SUFFIXES, JSONL_SUFFIXES, TEXT_SUFFIXES, DocError, RawDoc, _doc_id, iter_inputs, read_file
+from .inference import Predictor, predictor_settings
 
 log = logging.getLogger(__name__)
 
@@ -249,9 +249,6 @@ class PredictWorker:
                  stream_bytes: int | None, threads: int, expect_backend: str, cwd: str | None = None,
                  quiet: bool = True, docs_per_batch: int = 64, batch_chars: int = 200_000):
         import torch
-
-        from .cli import set_quiet
-        from .inference import Predictor
 
         if cwd and os.path.isdir(cwd):
             os.chdir(cwd)  # an actor's own process

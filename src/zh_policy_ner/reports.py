@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .corpus import HTML_SUFFIXES, RawDoc, iter_documents
-from .text import read_jsonl
+from .text import normalize, read_jsonl, to_simplified
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,6 @@ def write_entity_csv(records: list[dict], path: Path) -> Path:
 
 def write_aggregate(records: list[dict], path: Path) -> Path:
     """One row per (normalised entity, label): mentions and documents, most frequent first."""
-    from .text import normalize
-
     count: Counter = Counter()
     docs: dict[tuple[str, str], set] = defaultdict(set)
     for r in records:
@@ -187,8 +185,6 @@ def _s2t():
 def _char_script(ch: str) -> int:
     """+1: a traditional-only character (t2s changes it); -1: simplified-only (s2t changes it and
     t2s does not); 0: the same in both scripts, or not Chinese."""
-    from .text import to_simplified
-
     if to_simplified(ch) != ch:
         return 1
     if _s2t().convert(ch) != ch:

@@ -17,12 +17,17 @@ from pathlib import Path
 from typing import Any
 
 from .baselines import make_baseline
+from .cli import ignore_sigint
 from .corpus import RawDoc, inews_texts, iter_documents, read_appended_jsonl
-from .dataset import PreparedDoc
+from .dataset import IGNORE_INDEX, PreparedDoc, bio_label_names, build_windows, load_docs, project_doc, to_dataset
+from .inference import Predictor
 from .layers import SpanLayers, parse_layers
-from .lexicon import GUIDELINE
-from .trainer import build_model, fit, run_settings, settings_key
+from .lexicon import GUIDELINE, overlay
+from .metrics import entity_scores
+from .modelcard import command_line, write_silver_model_card
+from .modeling import load_tokenizer, save_half
 from .text import already_normalized, normalize
+from .trainer import build_model, fit, run_settings, settings_key
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +117,6 @@ def silver_docs(scfg: Any, seed: int, cache_dir: Path) -> list[PreparedDoc]:
                  sum(len(t) for _, t in todo), scfg.tagger, len(known))
         cache.parent.mkdir(parents=True, exist_ok=True)
         jobs = [(scfg.tagger, t) for _, t in todo]
-        from .cli import ignore_sigint
 
         # workers leave Ctrl-C to this process, which drops the queued texts (the cache keeps the tagged ones)
         with ProcessPoolExecutor(max(1, scfg.workers), initializer=ignore_sigint) as pool, \
@@ -134,8 +138,6 @@ def silver_model(cfg: Any, tokenizer) -> str:
     """Path of the encoder after the silver pass (trained once per silver config, then reused).
     Its head knows only O and PER/LOC, so the silver text's ``O`` on measures never teaches
     "not POLICY"; the gold pass keeps these rows and starts the POLICY rows fresh."""
-    from .dataset import bio_label_names, build_windows, to_dataset
-
     scfg = cfg.train.silver
     root = Path(scfg.cache_dir)
     out = root / f"model-{silver_model_key(cfg)}"
@@ -158,9 +160,6 @@ def silver_replay(cfg: Any, tokenizer, label_names: list[str], n_windows: int, g
     the model will ship with: training mentions, guideline terms, quoted formulas), its matches are
     laid over the tagger's spans and only windows holding a POLICY match are drawn: silver
     measures in new contexts."""
-    from .dataset import IGNORE_INDEX, build_windows, to_dataset
-    from .lexicon import overlay
-
     scfg = cfg.train.silver
     docs = silver_docs(scfg, cfg.seed, Path(scfg.cache_dir))
     if gazetteer is not None:
@@ -184,12 +183,6 @@ def export_silver_model(cfg: Any) -> Path:
     fp16 weights (load as fp32), tokenizer, a model card with the silver corpus and its scores on the
     gold articles (the encoder never saw them: the figures are out-of-sample for PER/LOC)."""
     from transformers import AutoModelForTokenClassification, set_seed
-
-    from .dataset import load_docs, project_doc
-    from .inference import Predictor
-    from .metrics import entity_scores
-    from .modelcard import command_line, write_silver_model_card
-    from .modeling import load_tokenizer, save_half
 
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model.name_or_path)

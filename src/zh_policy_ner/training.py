@@ -23,6 +23,8 @@ from .inference import GAZETTEER_FILE, Predictor
 from .layers import save_layers
 from .lexicon import build_gazetteer, place_tagger
 from .metrics import entity_scores
+from .modeling import load_tokenizer
+from .onnx_backend import export_onnx
 from .selftrain import pseudo_labelled
 from .silver import silver_docs, silver_model, silver_replay
 from .trainer import build_model, check_resumable, fit
@@ -146,8 +148,6 @@ def train(cfg: Any) -> TrainResult:
     import datasets
     from transformers import set_seed
 
-    from .modeling import load_tokenizer
-
     datasets.disable_progress_bars()
     check_guideline_labels(cfg)
     set_seed(cfg.seed)
@@ -157,7 +157,6 @@ def train(cfg: Any) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
     result = train_on(data, cfg, out, tokenizer)
     if cfg.train.get("export_onnx", False):  # the main job only: cross-validation folds call train_on
-        from .onnx_backend import export_onnx
 
         export_onnx(out, strict=False)
     return result
