@@ -7,7 +7,7 @@ The pipeline::
 
     driver: iter_inputs(infer.input) -> tasks (a file, or a range of lines of a large JSONL file)
     ray.data.from_items(tasks).map_batches(PredictWorker, compute=ActorPoolStrategy(size=infer.ray.workers))
-        worker: corpus.read_file -> predict.cut_pieces -> predict.predict_pieces -> one row per document
+        worker: corpus.read_file -> batch.cut_pieces -> batch.predict_pieces -> one row per document
     driver: rows in input order (preserve_order) -> UniqueIds / done ids -> RunOutput.record / .error
 
 Every worker loads its own :class:`~zh_policy_ner.inference.Predictor` once (``infer.model_dir``
@@ -15,7 +15,7 @@ with the driver's settings, its backend and precision pinned to the driver's so 
 tells the truth) and reads and predicts with the very functions of the local engine, so the records
 are the local engine's by construction: the same lines in the same order, the same errors.
 
-Resume: the ids that :func:`~zh_policy_ner.predict.pending` would skip are found before anything is
+Resume: the ids that :func:`~zh_policy_ner.batch.pending` would skip are found before anything is
 predicted, and only the documents still to do are sent to the workers. Where every input is a text
 or HTML file and no two share a document id, the ids come from the file names; otherwise a cheap
 first pass over the inputs (read, decode, parse; no model) lists every document's id, in reading
@@ -301,7 +301,7 @@ class PredictWorker:
 # --------------------------------------------------------------------------- the driver
 @dataclass(frozen=True)
 class _Row(RawDoc):
-    """A worker's row on the driver, as a document that :func:`~zh_policy_ner.predict.pending` can
+    """A worker's row on the driver, as a document that :func:`~zh_policy_ner.batch.pending` can
     rename or skip (``text`` stays empty: it was predicted on the worker)."""
 
     idx: int = 0
@@ -429,7 +429,7 @@ def _plan_from_names(tasks: list[Task], root: Path, run: RunOutput) -> list[Task
 def _plan_from_ids(ray: Any, tasks: list[Task], refused: list[PlacedError], run: RunOutput, kwargs: dict[str, Any],
                    s: RaySettings) -> tuple[list[Task], list[PlacedError]]:
     """The tasks still to do from a first pass that reads every document's id (no model): the ids go
-    through :func:`~zh_policy_ner.predict.pending` in reading order, as in the local engine. The
+    through :func:`~zh_policy_ner.batch.pending` in reading order, as in the local engine. The
     input errors are returned with their places, to be logged among the records (no worker reads
     them again)."""
     ds = ray.data.from_items(groups(tasks, max(s.batch_files, 256))).map_batches(
@@ -450,7 +450,7 @@ def _plan_from_ids(ray: Any, tasks: list[Task], refused: list[PlacedError], run:
 
 
 def predict_ray(cfg: Any, predictor: Any, run: RunOutput, how: Pieces) -> PredictSummary:
-    """Predict ``cfg.infer.input`` into ``run`` (an entered :class:`~zh_policy_ner.predict.RunOutput`)
+    """Predict ``cfg.infer.input`` into ``run`` (an entered :class:`~zh_policy_ner.batch.RunOutput`)
     with a pool of Ray workers (``cfg.infer.ray``); ``predictor`` is the driver's, whose backend and
     precision the workers must match."""
     ray = _import_ray()
