@@ -18,9 +18,15 @@ DEFAULT_GUIDELINE = Path(__file__).with_name("guidelines") / "zh_policy.yaml"
 RULES = ("formulas", "measure_phrases", "names", "places")  # the rules that output a label
 
 
+def _field(rule: str, key: str, kind: Any) -> property:
+    """A guideline entry read as ``kind``: ``frozenset`` (a set of words or characters), ``tuple``
+    (an ordered list) or :func:`_compile` (a pattern)."""
+    return property(lambda self: kind(self.data[rule][key]), doc=f"{rule}.{key} of the guideline file")
+
+
 @dataclass(frozen=True)
 class Guideline:
-    """A guideline file, read: ``data`` as written, plus the compiled patterns."""
+    """A guideline file, read: ``data`` as written, plus the sets and compiled patterns of its rules."""
 
     path: str
     data: dict[str, Any]
@@ -28,55 +34,28 @@ class Guideline:
     def label(self, rule: str) -> str:
         return self.data[rule]["label"]
 
-    # ---- POLICY 1: quoted formulas
-    @property
-    def numerals(self) -> frozenset[str]:
-        return frozenset(self.data["formulas"]["numerals"])
+    numerals = _field("formulas", "numerals", frozenset)                 # POLICY 1: quoted formulas
+    not_formula = _field("formulas", "not_formula", lambda p: _compile(p))
+    not_measure = _field("measure_phrases", "not_measure", lambda p: _compile(p))  # POLICY 2
+    speech_verbs = _field("names", "speech_verbs", tuple)                # PER
+    ambiguous_places = _field("places", "ambiguous", frozenset)          # LOC
+    province_abbreviations = _field("places", "province_abbreviations", frozenset)
+    not_abbreviation = _field("places", "not_abbreviation", frozenset)
+    abbreviation = _field("places", "abbreviation", lambda p: _compile(p))
+    domain_words = _field("silver", "domain_words", tuple)               # the silver stage
 
-    @property
-    def not_formula(self) -> re.Pattern:
-        return _compile(self.data["formulas"]["not_formula"])
-
-    # ---- POLICY 2: measure phrases
     @property
     def phrase(self) -> re.Pattern:
+        """POLICY 2: a verb, an optional degree word, then 2-8 characters up to a measure head, before an end."""
         mp = self.data["measure_phrases"]
         verbs, degree, heads, ends = ("|".join(mp[k]) for k in ("verbs", "degree", "heads", "ends"))
         return _compile(rf"(?:{verbs})(?:{degree})?((?:(?!{ends}).){{2,8}}?(?:{heads}))(?={ends})")
 
     @property
     def phrase_lead(self) -> re.Pattern:
+        """What a measure phrase's span leaves out at its start: verbs, degree words, leads."""
         mp = self.data["measure_phrases"]
         return _compile(rf"^(?:{'|'.join([*mp['verbs'], *mp['degree'], *mp['leads']])})+")
-
-    @property
-    def not_measure(self) -> re.Pattern:
-        return _compile(self.data["measure_phrases"]["not_measure"])
-
-    # ---- PER, LOC, silver
-    @property
-    def speech_verbs(self) -> tuple[str, ...]:
-        return tuple(self.data["names"]["speech_verbs"])
-
-    @property
-    def ambiguous_places(self) -> frozenset[str]:
-        return frozenset(self.data["places"]["ambiguous"])
-
-    @property
-    def province_abbreviations(self) -> frozenset[str]:
-        return frozenset(self.data["places"]["province_abbreviations"])
-
-    @property
-    def not_abbreviation(self) -> frozenset[str]:
-        return frozenset(self.data["places"]["not_abbreviation"])
-
-    @property
-    def abbreviation(self) -> re.Pattern:
-        return _compile(self.data["places"]["abbreviation"])
-
-    @property
-    def domain_words(self) -> tuple[str, ...]:
-        return tuple(self.data["silver"]["domain_words"])
 
 
 @lru_cache(maxsize=None)
