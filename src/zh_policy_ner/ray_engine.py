@@ -502,9 +502,10 @@ def predict_ray(cfg: Any, predictor: Any, run: RunOutput, how: Pieces) -> Predic
                                  expect_backend=f"{predictor.precision} on {predictor.device.type}", cwd=cwd,
                                  quiet=quiet, docs_per_batch=int(cfg.infer.get("docs_per_batch", 64)),
                                  batch_chars=int(cfg.infer.get("batch_chars", 200_000)), **read_kwargs)
-            ds = ray.data.from_items(groups(todo, s.batch_files)).map_batches(
+            work = groups(todo, s.batch_files)
+            ds = ray.data.from_items(work).map_batches(  # no more workers than worker calls: each loads the model
                 PredictWorker, fn_constructor_kwargs=worker_kwargs, batch_size=1, batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=s.workers), num_cpus=s.cpus_per_worker,
+                compute=ray.data.ActorPoolStrategy(size=min(s.workers, len(work))), num_cpus=s.cpus_per_worker,
                 **({"num_gpus": s.gpus_per_worker} if s.gpus_per_worker else {}))
             rows = ds.iter_rows()
         items: Iterable[Any] = _in_order(rows, errors)
