@@ -16,7 +16,6 @@ from zh_policy_ner.text import (
     looks_binary,
     looks_mojibake,
     normalize,
-    stream_decode,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,7 +234,7 @@ def test_streaming_equals_whole_decode(case, cuts):
 def test_streaming_with_a_small_head(case, cuts, head_bytes):
     """The encoding is detected on a head that may end inside a character."""
     data = CASES[case]
-    decoder = stream_decode(split(data, cuts), "r.txt", head_bytes=head_bytes)
+    decoder = StreamDecoder(split(data, cuts), "r.txt", head_bytes=head_bytes)
     assert "".join(decoder) == decode_report(data).text
     assert decoder.replaced == decode_report(data).replaced
 

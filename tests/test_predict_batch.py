@@ -291,3 +291,15 @@ def test_span_layers_saved_with_the_model_are_the_default_and_an_override_wins(m
     assert all(s["score"] is not None for r in bare for s in r["spans"])  # the model's own spans only
     with pytest.raises(UsageError, match="unknown span layer 'place'"):
         run_predict(_cfg(model_dir, inputs, tmp_path / "x.jsonl", "infer.layers=[place]"))
+
+
+def test_a_gazetteer_layer_without_its_file_is_refused_before_the_model_loads(model_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder, ignore=shutil.ignore_patterns("onnx", "checkpoint-*"))
+    (folder / "gazetteer.json").unlink()
+    inputs = _inputs(tmp_path / "in")
+    with pytest.raises(UsageError, match=r"gazetteer layer needs.*infer.layers=\[places:fill,abbreviations:fill\]"):
+        run_predict(_cfg(folder, inputs, tmp_path / "p.jsonl"))
+    assert not (tmp_path / "p.jsonl").exists()

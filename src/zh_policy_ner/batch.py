@@ -23,8 +23,8 @@ from .annotations import Span
 from .cli import UsageError
 from .corpus import DocError, RawDoc, StreamDoc, UniqueIds, appended_ids
 from .inference import Predictor
-from .reports import output_paths, read_predictions
-from .text import DecodeError
+from .reports import output_paths
+from .text import DecodeError, read_jsonl
 
 try:
     import fcntl
@@ -188,6 +188,7 @@ class RunOutput:
         self.paths = output_paths(self.output)
         self.manifest = manifest
         self.done: set[str] = set()
+        self.skipped = 0  # inputs left out because they are done (set by :func:`pending`)
         self._errors: set[tuple[str, str]] = set()
         self._lock: BinaryIO | None = None
         self._out: BinaryIO | None = None
@@ -203,7 +204,7 @@ class RunOutput:
             self._check_manifest()
             errors = self.paths["errors"]
             if errors.exists():
-                self._errors = {(e.get("source"), e.get("error")) for e in read_predictions(errors)}
+                self._errors = {(e.get("source"), e.get("error")) for e in read_jsonl(errors)}
             self._out = self.output.open("ab")
         except BaseException:
             self._release()
@@ -310,7 +311,7 @@ def pending(items: Iterable[Doc | DocError], run: RunOutput, shard: tuple[int, i
     """The inputs this run still has to do: its shard, ids made unique (:class:`~zh_policy_ner.corpus.UniqueIds`),
     done ones left out (counted in ``run.skipped``)."""
     unique = UniqueIds()
-    run.skipped = 0  # type: ignore[attr-defined]
+    run.skipped = 0
     for k, item in enumerate(items):
         if k % shard[1] != shard[0]:
             continue
@@ -319,6 +320,6 @@ def pending(items: Iterable[Doc | DocError], run: RunOutput, shard: tuple[int, i
             continue
         item = unique(item)
         if item.doc_id in run.done:
-            run.skipped += 1  # type: ignore[attr-defined]
+            run.skipped += 1
             continue
         yield item

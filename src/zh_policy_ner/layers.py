@@ -58,6 +58,19 @@ def parse_layers(items: Iterable[str]) -> tuple[Layer, ...]:
     return tuple(layers)
 
 
+def check_layers(items: Iterable[str], gazetteer_path: str | Path | None) -> tuple[Layer, ...]:
+    """:func:`parse_layers`, and a :class:`LayerError` saying how to go on when the list names the
+    gazetteer layer and ``gazetteer_path`` (the model folder's ``gazetteer.json``) does not exist;
+    ``gazetteer_path=None``: the caller has the gazetteer. Cheap: nothing is loaded."""
+    layers = parse_layers(items)
+    if gazetteer_path is not None and any(layer.name == "gazetteer" for layer in layers) \
+            and not Path(gazetteer_path).exists():
+        raise LayerError(f"{gazetteer_path}: the gazetteer layer needs the model folder's {GAZETTEER_FILE}: train "
+                         f"the model with this version, or leave the layer out "
+                         f"(infer.layers=[{','.join(str(x) for x in layers if x.name != 'gazetteer')}])")
+    return layers
+
+
 def gazetteer_spans(spans: Sequence[NormSpan], found: Sequence[NormSpan], mode: str) -> list[NormSpan]:
     """The gazetteer's matches ``found`` laid over ``spans`` by ``mode``."""
     if mode == "fill":
@@ -103,15 +116,10 @@ class SpanLayers:
               gazetteer: DictionaryTagger | None = None) -> "SpanLayers":
         """Layers from their names; the gazetteer is ``gazetteer`` or loaded from ``gazetteer_path``
         when the list names it (a missing file raises :class:`LayerError` saying how to go on)."""
-        layers = parse_layers(items)
-        if gazetteer is None and any(layer.name == "gazetteer" for layer in layers):
-            path = Path(gazetteer_path) if gazetteer_path else None
-            if path is None or not path.exists():
-                raise LayerError(f"{path or 'no gazetteer.json'}: the gazetteer layer needs the model folder's "
-                                 f"{GAZETTEER_FILE}: train the model with this version, or leave the layer out "
-                                 f"(infer.layers=[{','.join(str(x) for x in layers if x.name != 'gazetteer')}])")
-            gazetteer = DictionaryTagger.load(path)
-        return cls(layers, gazetteer)
+        layers = check_layers(items, None if gazetteer is not None else gazetteer_path)
+        if gazetteer is None and gazetteer_path is not None and any(layer.name == "gazetteer" for layer in layers):
+            gazetteer = DictionaryTagger.load(Path(gazetteer_path))
+        return cls(layers, gazetteer)  # the constructor refuses a gazetteer layer without a gazetteer
 
 
 def saved_layers(model_dir: str | Path) -> list[str]:

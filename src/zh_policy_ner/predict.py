@@ -28,14 +28,15 @@ from typing import Any
 
 from .batch import Piece, Pieces, PredictSummary, RunOutput, cut_pieces, pending, predict_pieces
 from .cli import UsageError
-from .corpus import DocError, RawDoc, iter_documents
+from .corpus import DocError, iter_documents
 from .guideline import check_guideline_labels
 from .inference import Predictor, predictor_settings
-from .layers import GAZETTEER_FILE, LayerError, parse_layers, resolve_layers
+from .layers import GAZETTEER_FILE, LayerError, check_layers, resolve_layers
 from .modeling import ModelNotAvailable, resolve_model_path
 from .onnx_backend import weights_hash
 from .ray_engine import predict_ray
 from .reports import output_paths, write_reports
+from .text import REPORT_ON_ERROR
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,7 @@ def predict_files(predictor: Predictor, input_path: str | Path, run: RunOutput, 
             if isinstance(item, DocError):
                 n_err += 1
                 run.error(item.source, item.error)
-            elif isinstance(item, RawDoc) and len(item.text) > how.max_doc_chars:
-                n_err += 1
-                run.error(item.source, f"longer than infer.max_doc_chars={how.max_doc_chars} characters; skipped")
-            else:
+            else:  # a document over infer.max_doc_chars comes back as an error piece
                 yield from cut_pieces(item, how)
 
     for piece, spans in predict_pieces(predictor, pieces(), docs_per_batch, batch_chars):
@@ -98,7 +96,7 @@ def predict_files(predictor: Predictor, input_path: str | Path, run: RunOutput, 
             n_docs += 1
             bar.update(1)
     bar.close()
-    return PredictSummary(run.output, n_docs, run.skipped, n_err, n_chars, time.time() - t0)  # type: ignore[attr-defined]
+    return PredictSummary(run.output, n_docs, run.skipped, n_err, n_chars, time.time() - t0)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -123,13 +121,9 @@ def check_predict_paths(cfg: Any) -> None:
         if not (folder / "config.json").exists():
             raise UsageError(f"infer.model_dir={model} has no config.json: not a trained model folder; {train_hint}")
         try:
-            layers = parse_layers(resolve_layers(infer.get("layers"), folder))
+            check_layers(resolve_layers(infer.get("layers"), folder), folder / GAZETTEER_FILE)
         except LayerError as err:
             raise UsageError(f"infer.layers: {err}") from None
-        if any(layer.name == "gazetteer" for layer in layers) and not (folder / GAZETTEER_FILE).exists():
-            raise UsageError(f"infer.model_dir={model} has no {GAZETTEER_FILE}, which the gazetteer span layer needs: "
-                             f"train the model with this version or leave the layer out "
-                             f"(infer.layers=[{','.join(str(x) for x in layers if x.name != 'gazetteer')}])")
     else:
         # a path (absolute, relative to an existing folder, more than owner/name) is a missing folder;
         # anything else may be a hub name, accepted only if cached or reachable
@@ -142,8 +136,8 @@ def check_predict_paths(cfg: Any) -> None:
         except ModelNotAvailable:
             raise UsageError(f"infer.model_dir={model}: no such model folder; {train_hint}") from None
     check_guideline_labels(cfg)
-    if infer.get("on_decode_error", "replace") not in ("replace", "skip"):
-        raise UsageError(f"infer.on_decode_error={infer.on_decode_error}: use replace or skip")
+    if infer.get("on_decode_error", "replace") not in REPORT_ON_ERROR:
+        raise UsageError(f"infer.on_decode_error={infer.on_decode_error}: use {' or '.join(REPORT_ON_ERROR)}")
     check_output(Path(infer.output), infer.input)
 
 

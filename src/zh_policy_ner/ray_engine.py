@@ -268,10 +268,7 @@ class PredictWorker:
             item = _Doc(idx, k, doc, doc_id or getattr(doc, "doc_id", ""), [])
             if isinstance(doc, DocError):
                 yield Piece(item, error=doc.error, first=True, last=True)  # type: ignore[arg-type]
-            elif isinstance(doc, RawDoc) and len(doc.text) > how.max_doc_chars:
-                yield Piece(item, error=f"longer than infer.max_doc_chars={how.max_doc_chars} characters; skipped",  # type: ignore[arg-type]
-                            first=True, last=True)
-            else:
+            else:  # a document over infer.max_doc_chars comes back as an error piece
                 for piece in cut_pieces(doc, how):
                     piece.doc = item  # type: ignore[assignment]
                     yield piece
@@ -422,7 +419,7 @@ def _plan_from_names(tasks: list[Task], root: Path, run: RunOutput) -> list[Task
     if len(set(ids)) < len(ids):
         return None
     todo = [Task(t.idx, t.path, size=1, todo={0: i}) for t, i in zip(tasks, ids) if i not in run.done]
-    run.skipped = len(tasks) - len(todo)  # type: ignore[attr-defined]
+    run.skipped = len(tasks) - len(todo)
     return todo
 
 
@@ -522,4 +519,4 @@ def predict_ray(cfg: Any, predictor: Any, run: RunOutput, how: Pieces) -> Predic
             n_docs += 1
             n_chars += item.chars
             bar.update(1)
-    return PredictSummary(run.output, n_docs, getattr(run, "skipped", 0), n_err, n_chars, time.time() - t0)
+    return PredictSummary(run.output, n_docs, run.skipped, n_err, n_chars, time.time() - t0)

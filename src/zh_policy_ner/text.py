@@ -26,6 +26,7 @@ from charset_normalizer import from_bytes
 
 __all__ = [
     "ON_ERROR",
+    "REPORT_ON_ERROR",
     "DecodeError",
     "Decoded",
     "Normalized",
@@ -35,7 +36,6 @@ __all__ = [
     "detect_encoding",
     "looks_binary",
     "looks_mojibake",
-    "stream_decode",
     "read_text",
     "normalize",
     "is_cjk",
@@ -59,7 +59,7 @@ _BOMS: tuple[tuple[str, bytes], ...] = (
 _CHINESE_ENCODINGS = ("gb18030", "gbk", "gb2312", "big5", "big5hkscs")  # charset-normalizer's choice
 _CJK_FALLBACKS = ("gb18030", "big5hkscs")
 ON_ERROR = ("strict", "replace", "skip")
-_STREAM_ON_ERROR = ("replace", "skip")
+REPORT_ON_ERROR = ("replace", "skip")  # infer.on_decode_error: what a scraped report may do
 
 # Binary: a real share of NUL or other C0 control bytes (tab, newlines, VT, FF, ESC are text).
 _BINARY_SAMPLE = 4096
@@ -309,7 +309,7 @@ class StreamDecoder(Iterator[str]):
 
     def __init__(self, chunks: Iterable[bytes], source: str = "<bytes>", on_error: str = "replace",
                  head_bytes: int = 1 << 20) -> None:
-        _check_on_error(on_error, _STREAM_ON_ERROR)
+        _check_on_error(on_error, REPORT_ON_ERROR)
         if head_bytes < 1:
             raise ValueError(f"head_bytes must be positive, not {head_bytes}")
         self.source = source
@@ -355,13 +355,6 @@ class StreamDecoder(Iterator[str]):
                 yield piece
         if not at_end and (piece := decoder.decode(b"", final=True)):
             yield piece
-
-
-def stream_decode(chunks: Iterable[bytes], source: str = "<bytes>", on_error: str = "replace",
-                  head_bytes: int = 1 << 20) -> StreamDecoder:
-    """A :class:`StreamDecoder` over ``chunks`` (an iterator of str; read its ``replaced`` and
-    ``warnings`` after the loop)."""
-    return StreamDecoder(chunks, source, on_error, head_bytes)
 
 
 # Mojibake: UTF-8 bytes read as GBK or Latin-1/cp1252. Encoding such text back and reading it as
