@@ -13,6 +13,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SCRAPED = ROOT.parent / "shared" / "scraped"
 SEED_IDS = sorted(p.stem for p in (ROOT / "seeds").glob("*.txt"))
 SEEDS_ANN = ROOT / "annotations" / "seeds.jsonl"  # the five seeds alone, for tests that need few documents
+GUIDELINE = ROOT / "configs" / "guideline" / "zh_policy.yaml"  # the project's guideline (configs/guideline/)
+
+
+@pytest.fixture(scope="session")
+def guideline():
+    """The project's guideline, read (the rules' word lists and patterns)."""
+    from zh_policy_ner.guideline import load_guideline
+
+    return load_guideline(GUIDELINE)
 
 
 def compose(*overrides: str):
@@ -20,6 +29,9 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    from zh_policy_ner.config import register_configs
+
+    register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
 

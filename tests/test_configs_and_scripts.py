@@ -37,9 +37,30 @@ def test_every_experiment_composes_resolves_and_takes_effect(name):
 
 
 def test_every_config_group_option_composes():
-    for group in ("model", "data", "train", "eval", "infer", "paths", "pretrain"):
+    for group in ("model", "data", "train", "eval", "infer", "paths", "pretrain", "guideline"):
         for option in sorted((ROOT / "configs" / group).glob("*.yaml")):
             OmegaConf.to_container(compose(f"{group}={option.stem}"), resolve=True)
+
+
+def test_the_schemas_type_every_group_and_refuse_typos():
+    """Each group is checked against its dataclass (zh_policy_ner.config): the YAML has every key of
+    the schema, a typo or a wrong type fails at composition, and values are typed."""
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ConfigKeyError
+
+    from zh_policy_ner.config import SCHEMAS
+
+    cfg = compose()
+    for group, schema in SCHEMAS.items():
+        assert OmegaConf.get_type(cfg[group]) is schema, group
+        OmegaConf.to_container(cfg[group], resolve=True, throw_on_missing=True)  # no key left ???
+    assert isinstance(cfg.infer.max_length, int) and isinstance(cfg.train.lr, float)
+    with pytest.raises(ConfigCompositionException, match="train.lrr"):
+        compose("train.lrr=1")
+    with pytest.raises(ConfigCompositionException, match="train.epochs"):
+        compose("train.epochs=abc")
+    with pytest.raises(ConfigKeyError, match="batchsize"):  # what an experiment file with a typo meets
+        OmegaConf.merge(cfg, {"train": {"batchsize": 8}})
 
 
 def _run(script: str, *overrides: str, cwd) -> subprocess.CompletedProcess:

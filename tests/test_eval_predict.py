@@ -43,28 +43,28 @@ def test_baselines_tag_names_and_places():
     assert DictionaryTagger({"大连": "LOC", "大连市委": "O"}).tag("会议在大连") == [(3, 5, "LOC")]
 
 
-def test_quoted_formulas_follow_the_guideline():
+def test_quoted_formulas_follow_the_guideline(guideline):
     text = "坚持“两手抓”,落实“八个坚决、八个严防”和“四方”责任,增强“四个意识”,《关于“三保一统筹”的通知》,“十三五”,“两会”,“信用大连”"
-    found = [text[s:e] for s, e, _ in quoted_formulas(text)]
+    found = [text[s:e] for s, e, _ in quoted_formulas(text, guideline)]
     # a numeral-led quote is a formula; two characters are too few; no spans inside 《》; plan periods and
     # meetings are not measures; 四个意识 is (it is a guideline "O" term, see below)
     assert found == ["两手抓", "八个坚决、八个严防", "四个意识"]
-    tagger = DictionaryTagger({"四个意识": "O", "联防联控机制": "O", "联防联控": "POLICY"}, formulas=True)
+    tagger = DictionaryTagger({"四个意识": "O", "联防联控机制": "O", "联防联控": "POLICY"}, formulas=True, guideline=guideline)
     text += "。国务院联防联控机制要求联防联控"
     spans = [(text[s:e], lab) for s, e, lab in tagger.tag(text)]
     assert spans == [("两手抓", "POLICY"), ("八个坚决、八个严防", "POLICY"), ("联防联控", "POLICY")]
 
 
-def test_measure_phrases_after_verbs_without_verb_degree_or_head():
+def test_measure_phrases_after_verbs_without_verb_degree_or_head(guideline):
     text = ("要加强社区管控,用好网格。要加大流调溯源力度,严格执行居家隔离措施,进一步强化疫苗接种;"
             "落实好出院患者管理,抓细各项防控工作,做好疫情防控工作,加强统一管理,加强领导")
-    assert [text[s:e] for s, e, _ in measure_phrases(text)] == ["社区管控", "流调溯源", "居家隔离", "疫苗接种", "出院患者管理"]
-    tagger = DictionaryTagger({"社区管控": "O"}, phrases=True)  # a mention (even an O one) wins over a phrase
+    assert [text[s:e] for s, e, _ in measure_phrases(text, guideline)] == ["社区管控", "流调溯源", "居家隔离", "疫苗接种", "出院患者管理"]
+    tagger = DictionaryTagger({"社区管控": "O"}, phrases=True, guideline=guideline)  # a mention (even an O one) wins over a phrase
     assert [text[s:e] for s, e, _ in tagger.tag(text)][:2] == ["流调溯源", "居家隔离"]
 
 
-def test_model_spans_tidied_by_the_guideline():
-    from zh_policy_ner.inference import tidy_spans
+def test_model_spans_tidied_by_the_guideline(guideline):
+    from zh_policy_ner.layers import tidy_spans
 
     text = "市委书记王凯强调, 编辑: 谭立勇 威海 李友传达丹东 学习习近平 刘国强调研 长春 江城"
 
@@ -74,12 +74,12 @@ def test_model_spans_tidied_by_the_guideline():
 
     spans = [at("王凯强", "PER"), at("谭立勇", "PER", 1), at("威海", "LOC"), at("李友传达", "PER"), at("学", "PER"),
              at("习近平", "PER"), at("刘国强", "PER"), at("长春 江城", "LOC")]
-    assert [(text[s:e], lab) for s, e, lab in tidy_spans(text, spans)] == [
+    assert [(text[s:e], lab) for s, e, lab in tidy_spans(text, spans, guideline)] == [
         ("王凯", "PER"), ("谭立勇", "PER"), ("威海", "LOC"), ("李友", "PER"), ("习近平", "PER"), ("刘国强", "PER"),
         ("长春", "LOC"), ("江城", "LOC")]
 
 
-def test_guideline_terms_withheld_and_training_mentions_win(tmp_path):
+def test_guideline_terms_withheld_and_training_mentions_win(tmp_path, guideline):
     from zh_policy_ner.dataset import PreparedDoc
     from zh_policy_ner.text import normalize
 
@@ -88,11 +88,11 @@ def test_guideline_terms_withheld_and_training_mentions_win(tmp_path):
     assert read_terms(terms) == {"核酸检测": "POLICY", "闭环管理": "POLICY", "大连": "POLICY"}  # normalised
     train = [PreparedDoc("t", normalize("大连召开会议"), [(0, 2, "LOC")])]
     gcfg = compose(f"train.gazetteer.guideline_terms={terms}").train.gazetteer
-    gaz = build_gazetteer(train, gcfg, withheld_texts=["会上要求加强核酸检测"])
+    gaz = build_gazetteer(train, gcfg, guideline, withheld_texts=["会上要求加强核酸检测"])
     assert gaz.mentions == {"闭环管理": "POLICY", "大连": "LOC"}  # 核酸检测 occurs in a held-out text
     path = tmp_path / "gazetteer.json"
     gaz.save(path)
-    assert DictionaryTagger.load(path).tag("大连实行闭环管理,“两手抓”") == [(0, 2, "LOC"), (4, 8, "POLICY"), (10, 13, "POLICY")]
+    assert DictionaryTagger.load(path, guideline).tag("大连实行闭环管理,“两手抓”") == [(0, 2, "LOC"), (4, 8, "POLICY"), (10, 13, "POLICY")]
     path.write_text('{"大连": "LOC"}', encoding="utf-8")  # the flat format of earlier versions
     assert DictionaryTagger.load(path).tag("大连“两手抓”") == [(0, 2, "LOC")]
     terms.write_text("核酸检测\tPOLICY\n核酸检测 POLICY\n", encoding="utf-8")
@@ -100,14 +100,14 @@ def test_guideline_terms_withheld_and_training_mentions_win(tmp_path):
         read_terms(terms)
 
 
-def test_place_names_fill_in_under_the_model_and_the_gazetteer_wins():
-    places = admin_places()
+def test_place_names_fill_in_under_the_model_and_the_gazetteer_wins(guideline):
+    places = admin_places(guideline)
     assert places["大连市"] == places["大连"] == places["广西"] == places["虹口区"] == "LOC"
     assert "城区" not in places and "东方" not in places and "虹口" not in places  # common words; district short forms
     text = "大连晚报讯 李长春在长春市调研核酸检测"
     model = [(6, 9, "PER"), (10, 12, "LOC")]  # 长春 where the guideline keeps the suffix: 长春市
     gazetteer = DictionaryTagger({"核酸检测": "POLICY", "长春市": "LOC"})
-    spans = SpanLayers(parse_layers(["places", "gazetteer"]), gazetteer, DictionaryTagger(places))(text, model)
+    spans = SpanLayers(parse_layers(["places", "gazetteer"]), gazetteer, DictionaryTagger(places), guideline)(text, model)
     # 大连 comes from the place names, 李长春 stays the model's PER (a place name never breaks a model
     # span), the gazetteer's 长春市 replaces the model's overlapping span
     assert [(text[s:e], lab) for s, e, lab in spans] == [("大连", "LOC"), ("李长春", "PER"), ("长春市", "LOC"),
@@ -117,20 +117,20 @@ def test_place_names_fill_in_under_the_model_and_the_gazetteer_wins():
     # place name becomes LOC (威海新闻网)
     text = "长春市委书记 信用大连 编辑: 威海新闻网"
     model = [(0, 2, "LOC"), (9, 10, "LOC"), (16, 18, "PER")]
-    assert [(text[s:e], lab) for s, e, lab in SpanLayers(parse_layers(["places"]))(text, model)] == [
+    assert [(text[s:e], lab) for s, e, lab in SpanLayers(parse_layers(["places"]), guideline=guideline)(text, model)] == [
         ("长春市", "LOC"), ("大连", "LOC"), ("威海", "LOC")]
 
 
-def test_prefecture_short_forms_and_place_abbreviations():
-    shorts = {u.name: u.short for u in admin_units()}
+def test_prefecture_short_forms_and_place_abbreviations(guideline):
+    shorts = {u.name: u.short for u in admin_units(guideline.ambiguous_places)}
     assert shorts["延边朝鲜族自治州"] == "延边" and shorts["巴音郭楞蒙古自治州"] == "巴音郭楞" and shorts["丹东市"] == "丹东"
     assert shorts["虹口区"] is None
     text = "丹东市召开会议,要加强返凤人员、来威人员和返乡人员管理,返鄂人员,留‘凤’过年,返岗人员"
-    spans = SpanLayers(parse_layers(["places"]), places=place_tagger())(text, [])
-    found = [(text[s - 1 : s], text[s:e]) for s, e, _ in place_abbreviations(text, spans)]
+    spans = SpanLayers(parse_layers(["places"]), places=place_tagger(guideline), guideline=guideline)(text, [])
+    found = [(text[s - 1 : s], text[s:e]) for s, e, _ in place_abbreviations(text, spans, guideline)]
     # 凤 starts 凤城市, a city under 丹东市; 鄂 is Hubei's; 威 names nothing here; 乡 and 岗 are not places
     assert found == [("返", "凤"), ("返", "鄂"), ("‘", "凤")]
-    assert [text[s:e] for s, e, _ in SpanLayers(parse_layers(["places", "abbreviations"]))(text, [])] == [
+    assert [text[s:e] for s, e, _ in SpanLayers(parse_layers(["places", "abbreviations"]), guideline=guideline)(text, [])] == [
         "丹东市", "凤", "鄂", "凤"]
 
 

@@ -91,11 +91,11 @@ def test_int8_spans_agree_with_fp32_torch(spanful_dir, seed_texts):
 
 @pytest.mark.skipif(not (ROOT / "outputs" / "model" / "model.safetensors").exists(),
                     reason="no trained model in outputs/model (python scripts/train.py)")
-def test_int8_spans_of_the_trained_model_agree_with_fp32_torch(seed_texts, tmp_path):
+def test_int8_spans_of_the_trained_model_agree_with_fp32_torch(seed_texts, tmp_path, guideline):
     folder = tmp_path / "model"  # a copy: the test leaves no export behind in outputs/model
     shutil.copytree(ROOT / "outputs" / "model", folder, ignore=shutil.ignore_patterns("onnx", "checkpoint-*"))
-    ref = span_set(Predictor.from_pretrained(str(folder), precision="fp32").predict(seed_texts))
-    got = span_set(Predictor.from_pretrained(str(folder), backend="onnx").predict(seed_texts))
+    ref = span_set(Predictor.from_pretrained(str(folder), precision="fp32", guideline=guideline).predict(seed_texts))
+    got = span_set(Predictor.from_pretrained(str(folder), backend="onnx", guideline=guideline).predict(seed_texts))
     assert len(ref) > 100 and f1(ref, got) >= 0.99
 
 

@@ -125,7 +125,7 @@ def test_viterbi_output_is_always_valid_bio(n, seed):
     assert all(ok[a, b] for a, b in zip(path, path[1:]))
 
 
-def test_silver_pass_and_mention_swap(tiny_model_dir, tmp_path):
+def test_silver_pass_and_mention_swap(tiny_model_dir, tmp_path, guideline):
     cfg = tiny_train_cfg(tiny_model_dir, tmp_path / "m", "train.max_steps=2", "train.silver.enabled=true",
                          "train.silver.tagger=jieba", "train.silver.news_articles=3", "train.silver.scraped=null",
                          f"train.silver.cache_dir={tmp_path / 'silver'}", "train.silver.workers=1",
@@ -141,10 +141,10 @@ def test_silver_pass_and_mention_swap(tiny_model_dir, tmp_path):
     assert len(tags.read_text().splitlines()) == 3
     # tags are cached per text: a torn last line is redone, a larger corpus tags only the new text
     tags.write_text(tags.read_text()[:-5])
-    docs = silver_docs(cfg.train.silver, cfg.seed, tmp_path / "silver")
+    docs = silver_docs(cfg.train.silver, cfg.seed, tmp_path / "silver", guideline)
     assert len(docs) == 3 and len(tags.read_text().splitlines()) == 3 and any(d.spans for d in docs)
     more = OmegaConf.merge(cfg.train.silver, {"news_articles": 4})
-    assert len(silver_docs(more, cfg.seed, tmp_path / "silver")) == 4
+    assert len(silver_docs(more, cfg.seed, tmp_path / "silver", guideline)) == 4
     assert len(tags.read_text().splitlines()) == 4
     base = train(tiny_train_cfg(tiny_model_dir, tmp_path / "b", "train.max_steps=1", "train.resume=false"))
     assert result.metrics["train_windows"] > base.metrics["train_windows"]  # swapped copies were added
@@ -208,7 +208,7 @@ def test_param_groups_decay_by_layer_and_lift_the_head(tiny_model_dir):
     assert sum(len(g["params"]) for g in groups) == len(named)
 
 
-def test_lexicon_features_are_cross_fitted_and_rebuilt_at_prediction(tiny_model_dir, tmp_path):
+def test_lexicon_features_are_cross_fitted_and_rebuilt_at_prediction(tiny_model_dir, tmp_path, guideline):
     from transformers import AutoConfig
 
     from zh_policy_ner.dataset import load_prepared
@@ -228,7 +228,7 @@ def test_lexicon_features_are_cross_fitted_and_rebuilt_at_prediction(tiny_model_
     data = load_prepared(cfg, load_tokenizer(str(tiny_model_dir)))
     gold = [data.docs[i] for i in data.manifest["splits"]["train"]["doc_ids"]]
     full = LexiconFeatures(feats.labels, DictionaryTagger({d.norm.text[s:e]: lab for d in gold for s, e, lab in d.spans}))
-    ds = with_features(data.datasets["train"], data, gold, cfg, [], full)
+    ds = with_features(data.datasets["train"], data, gold, cfg, [], full, guideline)
     doc = next(d for d in gold if "谭作钧" in d.norm.text)
     assert not any("谭作钧" in d.norm.text for d in gold if d is not doc)
     at = doc.norm.text.index("谭作钧")

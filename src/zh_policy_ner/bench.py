@@ -24,6 +24,9 @@ from pathlib import Path
 
 from .corpus import RawDoc, iter_documents
 
+ROOT = Path(__file__).resolve().parents[2]  # the repository: scripts/ and configs/
+PROJECT_GUIDELINE = ROOT / "configs" / "guideline" / "zh_policy.yaml"
+
 
 def bench_texts(input_path: str | Path, n_docs: int) -> list[str]:
     """``n_docs`` raw texts: the input documents repeated in order as often as needed."""
@@ -52,12 +55,14 @@ def _worker(system: str, model_dir: str, texts_file: str, max_length: int, strid
         for i, out in enumerate(ner(texts, batch_size=batch_size)):
             spans += [(i, int(e["start"]), int(e["end"]), e["entity_group"]) for e in out]
     else:
+        from .guideline import load_guideline
         from .inference import Predictor
 
         backend, _, precision = system.partition(":")
         predictor = Predictor.from_pretrained(model_dir, max_length=max_length, stride=stride, batch_size=batch_size,
                                               precision=precision or "auto", layers=[],
-                                              backend="onnx" if backend == "onnx" else "torch", num_threads=threads)
+                                              backend="onnx" if backend == "onnx" else "torch", num_threads=threads,
+                                              guideline=load_guideline(PROJECT_GUIDELINE))  # for folders saved without one
         ready = time.time()
         extra["ran"] = predictor.precision
         for k in range(0, len(texts), 256):
@@ -93,7 +98,7 @@ def _run(cmd: list[str], out: Path, name: str, threads: int | None = None) -> tu
 def _predict_script(system: str, model_dir: str, texts_file: Path, out: Path, max_length: int, stride: int,
                     batch_size: int, threads: int | None = None) -> tuple[list[str], Path]:
     """The command line of ``scripts/predict.py`` on the benchmark texts (as JSONL), and its output file."""
-    script = Path(__file__).resolve().parents[2] / "scripts" / "predict.py"
+    script = ROOT / "scripts" / "predict.py"
     texts = json.loads(texts_file.read_text(encoding="utf-8"))
     jsonl = out / "bench_texts.jsonl"
     jsonl.write_text("".join(json.dumps({"doc_id": f"d{i:06d}", "text": t}, ensure_ascii=False) + "\n"
@@ -218,7 +223,7 @@ def run_memory_benchmark(model_dir: str, input_path: str, sizes_mb: list[float],
     of each size in ``sizes_mb`` (the input reports joined and repeated to that many UTF-8 megabytes)
     and on ``n_docs`` ordinary reports; writes ``memory.json`` and ``memory.md`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    script = Path(__file__).resolve().parents[2] / "scripts" / "predict.py"
+    script = ROOT / "scripts" / "predict.py"
     docs = bench_texts(input_path, 40)
     joined = "\n\n".join(docs)
     cases: list[tuple[str, Path]] = []

@@ -13,7 +13,8 @@ Each script's Hydra main is decorated with :func:`script` (or wraps its work in 
   "Model loaded succeed", transformers' "Token indices sequence length is longer ..." warning and its
   "Loading weights" / "Writing model shards" progress bars. ``quiet=false`` shows them.
 
-This module imports nothing heavy at import time: scripts import it before Hydra composes.
+This module imports nothing heavy at import time: scripts import it before Hydra composes, and
+importing it registers the config groups' schemas (:mod:`.config`).
 """
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .config import register_configs
 from .modeling import ModelNotAvailable, last_complete_checkpoint
+
+register_configs()  # the groups' schemas, before any script's Hydra composes (see .config)
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

@@ -12,7 +12,7 @@ from typing import Any
 
 from .baselines import make_baseline
 from .dataset import PreparedDoc, bio_label_names, grouped_folds, leave_one_out, load_docs, prepare_docs, split_docs
-from .guideline import check_guideline_labels
+from .guideline import check_guideline_labels, guideline_from_config
 from .inference import Predictor
 from .layers import GAZETTEER_FILE, SpanLayers, parse_layers, resolve_layers
 from .lexicon import build_gazetteer
@@ -99,10 +99,11 @@ def fold_layers(cfg: Any, train_docs: list[PreparedDoc], test_docs: list[Prepare
     withheld), built afresh so that changing its settings re-scores cached folds instead of
     retraining them."""
     layers = parse_layers(eval_layers(cfg))
+    guideline = guideline_from_config(cfg)
     gazetteer = None
     if any(layer.name == "gazetteer" for layer in layers):
-        gazetteer = build_gazetteer(train_docs, cfg.train.gazetteer, [d.norm.text for d in test_docs])
-    return SpanLayers(layers, gazetteer)
+        gazetteer = build_gazetteer(train_docs, cfg.train.gazetteer, guideline, [d.norm.text for d in test_docs])
+    return SpanLayers(layers, gazetteer, guideline=guideline)
 
 
 def cross_validate(cfg: Any) -> dict[str, Any]:
@@ -227,7 +228,7 @@ def evaluate_heldout(cfg: Any) -> dict[str, Any]:
     t0 = time.time()
     preds = {MODEL: [p.norm_spans for p in predictor.predict_norm([d.norm for d in test_docs])]}
     layers = SpanLayers.build(resolve_layers(cfg.infer.get("layers"), cfg.eval.model_dir),
-                              Path(cfg.eval.model_dir) / GAZETTEER_FILE)
+                              predictor.layers.guideline, Path(cfg.eval.model_dir) / GAZETTEER_FILE)
     preds[GAZ] = [layers(d.norm.text, p) for p, d in zip(preds[MODEL], test_docs)]
     preds.update(_baseline_preds(cfg.eval.baselines, [data.docs[i] for i in splits["train"]], test_docs))
     per_system = {n: list(zip(test_docs, p)) for n, p in preds.items()}

@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .annotations import QUOTE_MARKS, Span, is_edge_junk
+from .annotations import Span
 from .dataset import encode_windows, tags_to_spans
 from .features import LexiconFeatures, feature_labels, window_type_ids
+from .guideline import Guideline, guideline_from_config, saved_guideline
 from .layers import GAZETTEER_FILE, SpanLayers, resolve_layers
-from .lexicon import GUIDELINE, LOC, PER, DictionaryTagger, place_tagger
+from .lexicon import DictionaryTagger, place_tagger
 from .modeling import load_tokenizer, resolve_model_path, use_bf16
 from .onnx_backend import load_runner, resolve_backend
 from .text import Normalized, normalize
@@ -48,38 +49,6 @@ def char_tags_from_tokens(length: int, offsets: Sequence[tuple[int, int]], token
         elif nxt.startswith("I-") and i > 0 and tags[i - 1] != "O" and tags[i - 1][2:] == nxt[2:]:
             tags[i] = nxt
     return tags
-
-
-# speech verbs that follow a name in meeting reports (谭作钧强调, 李友传达): never part of the name
-SPEECH_VERBS = GUIDELINE.speech_verbs
-
-
-def tidy_spans(text: str, spans: Sequence[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
-    """Apply the guideline's span rules to model spans: no edge whitespace or punctuation, no PER or
-    LOC across whitespace (split there), a name never includes the speech verb after it
-    (李友传达 -> 李友, 王凯强|调 -> 王凯), and a one-character PER (a surname alone) is dropped."""
-    pieces = []
-    for s, e, lab in spans:  # a name or place never spans whitespace: 长春 江城 are two places
-        cut = [s] + [i for i in range(s + 1, e) if text[i].isspace() != text[i - 1].isspace()] + [e]
-        pieces += [(a, b, lab) for a, b in zip(cut, cut[1:])] if lab in (PER, LOC) else [(s, e, lab)]
-    out = []
-    for s, e, lab in pieces:
-        while s < e and is_edge_junk(text[s]):
-            s += 1
-        while e > s and is_edge_junk(text[e - 1]):
-            e -= 1
-        if lab == PER:
-            for verb in SPEECH_VERBS:
-                if e - s > len(verb) + 1 and text[s:e].endswith(verb):
-                    e -= len(verb)
-            # 王凯[强]调: 强调 straddles the end of a three-character name (not 刘国强调研, 调研 "inspects")
-            if e - s > 2 and text[e - 1 : e + 1] == "强调" and text[e + 1 : e + 2] != "研":
-                e -= 1
-            if e - s < 2:
-                continue
-        if e > s and not QUOTE_MARKS & set(text[s:e]):
-            out.append((s, e, lab))
-    return out
 
 
 def allowed_transitions(labels: Sequence[str]) -> np.ndarray:
@@ -181,7 +150,8 @@ def predictor_settings(cfg: Any) -> dict[str, Any]:
     layers = infer.get("layers")
     return dict(max_length=infer.max_length, stride=infer.stride, batch_size=infer.batch_size,
                 precision=infer.precision, decode=infer.decode, layers=None if layers is None else list(layers),
-                backend=infer.get("backend", "torch"), num_threads=infer.num_threads)
+                backend=infer.get("backend", "torch"), num_threads=infer.num_threads,
+                guideline=guideline_from_config(cfg))
 
 
 class Predictor:
@@ -191,8 +161,8 @@ class Predictor:
                  device: str | None = None, precision: str = "auto", decode: str = "viterbi",
                  layers: SpanLayers | None = None, runner=None, features=None, config=None):
         """``decode``: ``viterbi`` (best valid BIO sequence) or ``argmax`` (per token). ``layers``: the
-        :class:`~zh_policy_ner.layers.SpanLayers` laid over the model's tidied spans (their spans
-        carry no score); none: the bare model. ``precision``: ``fp32``; ``bf16`` (weights cast to bfloat16: 1.4x faster than autocast on
+        :class:`~zh_policy_ner.layers.SpanLayers` that tidy the model's spans and are laid over them
+        (their spans carry no score); none: the bare model, untidied by any guideline. ``precision``: ``fp32``; ``bf16`` (weights cast to bfloat16: 1.4x faster than autocast on
         the 2-core AMX CPU, same spans on the benchmark); ``int8`` (dynamic quantisation of the
         linear layers, CPU); ``auto`` = bf16 on GPUs and on CPUs with AMX/AVX512-BF16, else fp32.
         ``runner``: an :class:`~zh_policy_ner.onnx_backend.OrtRunner` that computes the logits in
@@ -237,9 +207,11 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, model_dir: str, layers: list[str] | None = None, backend: str = "torch",
-                        num_threads: int | None = None, **kwargs) -> "Predictor":
+                        num_threads: int | None = None, guideline: Guideline | None = None, **kwargs) -> "Predictor":
         """Load a trained folder with its span layers: ``layers`` (names, see :mod:`~zh_policy_ner.layers`;
-        ``[]``: the bare model) or, by default, the list saved with the model (``layers.json``).
+        ``[]``: the bare model) or, by default, the list saved with the model (``layers.json``); tidying
+        and layers run the guideline saved with the model (``guideline.yaml``; ``guideline``: the one
+        to run for a folder trained before models saved theirs).
         ``backend``: ``torch``, ``onnx`` (ONNX Runtime on CPU: int8 for precision ``auto``/``int8``,
         fp32 for ``fp32``; exported once and cached in ``<model_dir>/onnx``, see
         :mod:`~zh_policy_ner.onnx_backend`) or ``auto`` (onnx on CPU when onnxruntime is installed
@@ -250,7 +222,8 @@ class Predictor:
         from transformers import AutoConfig, AutoModelForTokenClassification
 
         path = resolve_model_path(model_dir)
-        span_layers = SpanLayers.build(resolve_layers(layers, path), Path(path) / GAZETTEER_FILE)
+        rules = saved_guideline(path, guideline)
+        span_layers = SpanLayers.build(resolve_layers(layers, path), rules, Path(path) / GAZETTEER_FILE)
         kwargs["layers"] = span_layers
         config = AutoConfig.from_pretrained(path)
         labels = feature_labels(config)
@@ -258,8 +231,8 @@ class Predictor:
             gaz = Path(path) / GAZETTEER_FILE
             if not gaz.exists():
                 raise FileNotFoundError(f"{gaz} not found: this model was trained with lexicon features and needs it")
-            kwargs["features"] = LexiconFeatures(labels, span_layers.gazetteer or DictionaryTagger.load(gaz),
-                                                 span_layers.places or place_tagger())
+            kwargs["features"] = LexiconFeatures(labels, span_layers.gazetteer or DictionaryTagger.load(gaz, rules),
+                                                 span_layers.places or place_tagger(rules))
         if backend != "torch":
             if resolve_backend(backend, kwargs.get("device"), kwargs.get("precision", "auto")) == "onnx":
                 try:
@@ -271,8 +244,8 @@ class Predictor:
         # with ONNX Runtime the torch weights are not needed (their load is most of the start-up)
         model = None if kwargs.get("runner") is not None else AutoModelForTokenClassification.from_pretrained(path)
         predictor = cls(model, load_tokenizer(path), config=config, **kwargs)
-        log.info("inference backend: %s on %s; span layers: %s", predictor.precision, predictor.device,
-                 ", ".join(span_layers.names) or "none (the bare model)")
+        log.info("inference backend: %s on %s; span layers: %s; guideline: %s", predictor.precision, predictor.device,
+                 ", ".join(span_layers.names) or "none (the bare model)", rules.name)
         return predictor
 
     @classmethod
@@ -327,7 +300,7 @@ class Predictor:
             token_tags = [self.labels[i] for i in ids]
             conf = mean[np.arange(len(ids)), ids]
             tags = char_tags_from_tokens(len(norm.text), offsets, token_tags)
-            model_spans = tidy_spans(norm.text, tags_to_spans(tags))
+            model_spans = self.layers.tidy(norm.text, tags_to_spans(tags))
             norm_spans = self.layers(norm.text, model_spans)
             from_model = set(model_spans)
             spans = []

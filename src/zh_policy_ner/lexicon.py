@@ -9,7 +9,8 @@
 - :func:`with_places`, :func:`overlay`: how they combine with the model's spans (the layers of
   :mod:`~zh_policy_ner.layers` are made of them).
 
-All work on normalised (simplified) text and return spans in its coordinates.
+All work on normalised (simplified) text and return spans in its coordinates. The word lists and
+patterns come from a :class:`~zh_policy_ner.guideline.Guideline` passed in, never from this code.
 """
 from __future__ import annotations
 
@@ -22,55 +23,54 @@ from pathlib import Path
 from typing import Any
 
 from .dataset import NormSpan
-from .guideline import load_guideline
+from .guideline import Guideline
 from .text import normalize
 
-GUIDELINE = load_guideline()  # the word lists and patterns below come from its file, not from this code
-LOC, PER = GUIDELINE.label("places"), GUIDELINE.label("names")
-NUMERALS = GUIDELINE.numerals
 _QUOTED = re.compile(r'“([^“”\n]{2,16})”|「([^「」\n]{2,16})」|‘([^‘’\n]{2,16})’|"([^"\n]{2,16})"')
 _TITLE = re.compile(r"《[^《》\n]*》")
 _FORMULA_CHARS = re.compile(r"^[\u4e00-\u9fff、()()]+$")
-_NOT_FORMULA = GUIDELINE.not_formula  # plan periods, meetings, numbered groups (see the guideline file)
 
 
-def quoted_formulas(text: str, min_length: int = GUIDELINE.data["formulas"]["min_length"]) -> list[NormSpan]:
+def quoted_formulas(text: str, guideline: Guideline) -> list[NormSpan]:
     """The guideline's named formulas: what stands inside quotation marks when it starts with a
     Chinese numeral and holds only Chinese characters (lists with 、 included), e.g. “两手抓”,
-    “八个坚决、八个严防”; never inside a 《》 title, never a goal (“两个确保”目标). POLICY spans, sorted."""
+    “八个坚决、八个严防”; never inside a 《》 title, never a goal (“两个确保”目标); not plan periods,
+    meetings or numbered groups (the guideline's ``formulas.not_formula``). POLICY spans, sorted."""
+    if not guideline.has("formulas"):
+        return []
+    not_formula, label = guideline.not_formula, guideline.label("formulas")
     titles = [m.span() for m in _TITLE.finditer(text)]
     spans = []
     for m in _QUOTED.finditer(text):
         g = next(i for i in range(1, 5) if m.group(i) is not None)
         body, (s, e) = m.group(g), m.span(g)
-        if (len(body) >= min_length and body[0] in NUMERALS and _FORMULA_CHARS.match(body)
-                and not _NOT_FORMULA.search(body)
-                and not any(text.startswith(w, m.end()) for w in GUIDELINE.data["formulas"]["not_before"])
+        if (len(body) >= guideline.min_formula_length and body[0] in guideline.numerals
+                and _FORMULA_CHARS.match(body) and not (not_formula and not_formula.search(body))
+                and not any(text.startswith(w, m.end()) for w in guideline.not_before)
                 and not any(a <= s and e <= b for a, b in titles)):
-            spans.append((s, e, GUIDELINE.label("formulas")))
+            spans.append((s, e, label))
     return spans
 
 
 # Measures named after a verb of carrying them out (guideline, POLICY 2: "no verb of carrying it out
 # ..., no degree words ..., and no generic head"): 加强[社区管控], 加大[流调溯源]力度, 严格执行[居家隔离]措施.
 # Verbs, degree words, measure heads, phrase ends and leads: the guideline file's measure_phrases.
-_PHRASE = GUIDELINE.phrase
-_PHRASE_LEAD = GUIDELINE.phrase_lead
-_NOT_PHRASE = GUIDELINE.not_measure  # the whole effort, manner words and generic words
-
-
-def measure_phrases(text: str) -> list[NormSpan]:
+def measure_phrases(text: str, guideline: Guideline) -> list[NormSpan]:
     """Measures named right after a verb of carrying them out, up to a generic head or punctuation,
     when they end in a measure word: 要加强[社区管控], 加大[流调溯源]力度, 严格[环境监管执法]; leading
-    verbs, degree words and 我市/全市 stay out. POLICY spans, sorted."""
+    verbs, degree words and 我市/全市 stay out; the whole effort, manner and generic words are not
+    measures (``measure_phrases.not_measure``). POLICY spans, sorted."""
+    if guideline.phrase is None:
+        return []
+    lead_pattern, not_measure, label = guideline.phrase_lead, guideline.not_measure, guideline.label("measure_phrases")
     spans = []
-    for m in _PHRASE.finditer(text):
+    for m in guideline.phrase.finditer(text):
         start, phrase = m.start(1), m.group(1)
-        lead = _PHRASE_LEAD.match(phrase)
+        lead = lead_pattern.match(phrase)
         if lead:
             start, phrase = start + lead.end(), phrase[lead.end():]
-        if len(phrase) >= 2 and not _NOT_PHRASE.search(phrase):
-            spans.append((start, m.end(1), GUIDELINE.label("measure_phrases")))
+        if len(phrase) >= 2 and not (not_measure and not_measure.search(phrase)):
+            spans.append((start, m.end(1), label))
     return spans
 
 
@@ -79,14 +79,18 @@ class DictionaryTagger:
     ``O`` tag nothing but block shorter matches inside them (a guideline "not a measure" such as
     国务院联防联控机制 stops 联防联控 inside it). With ``formulas``, quoted numbered formulas
     (:func:`quoted_formulas`), with ``phrases`` measures named after a verb (:func:`measure_phrases`),
-    are tagged POLICY where no mention overlaps them."""
+    are tagged POLICY where no mention overlaps them; both rules need the ``guideline``."""
 
     name = "dictionary"
 
-    def __init__(self, mentions: dict[str, str], min_length: int = 2, formulas: bool = False, phrases: bool = False):
+    def __init__(self, mentions: dict[str, str], min_length: int = 2, formulas: bool = False, phrases: bool = False,
+                 guideline: Guideline | None = None):
+        if (formulas or phrases) and guideline is None:
+            raise ValueError("quoted formulas and measure phrases are the guideline's rules: pass the guideline")
         self.mentions = {m: lab for m, lab in mentions.items() if len(m) >= min_length}
         self.formulas = formulas
         self.phrases = phrases
+        self.guideline = guideline
         lengths: dict[str, set[int]] = {}  # first character -> mention lengths, tried longest first
         for m in self.mentions:
             lengths.setdefault(m[0], set()).add(len(m))
@@ -102,12 +106,13 @@ class DictionaryTagger:
         path.write_text(json.dumps(data, ensure_ascii=False, indent=0, sort_keys=True), encoding="utf-8")
 
     @classmethod
-    def load(cls, path: Path) -> "DictionaryTagger":
+    def load(cls, path: Path, guideline: Guideline | None = None) -> "DictionaryTagger":
+        """A saved gazetteer; its rules (if it was saved with them on) run by ``guideline``."""
         data = json.loads(path.read_text(encoding="utf-8"))
         if "mentions" not in data:  # a flat {mention: label} file (earlier versions)
             return cls(data)
         return cls(data["mentions"], formulas=data.get("quoted_formulas", False),
-                   phrases=data.get("measure_phrases", False))
+                   phrases=data.get("measure_phrases", False), guideline=guideline)
 
     def _matches(self, text: str) -> list[NormSpan]:
         spans, i = [], 0
@@ -126,10 +131,10 @@ class DictionaryTagger:
 
     def tag(self, text: str) -> list[NormSpan]:
         found = self._matches(text)
-        if self.phrases:
-            found = overlay(measure_phrases(text), found)
+        if self.phrases:  # a known mention (even an O one) wins over a measure phrase
+            found = overlay(measure_phrases(text, self.guideline), found)  # type: ignore[arg-type]
         if self.formulas:
-            found = overlay(quoted_formulas(text), found)
+            found = overlay(quoted_formulas(text, self.guideline), found)  # type: ignore[arg-type]
         return [s for s in found if s[2] != "O"]
 
 
@@ -158,7 +163,7 @@ def read_terms(path: str | Path) -> dict[str, str]:
     return terms
 
 
-def build_gazetteer(train_docs, gcfg: Any, withheld_texts: Sequence[str] = ()) -> DictionaryTagger:
+def build_gazetteer(train_docs, gcfg: Any, guideline: Guideline, withheld_texts: Sequence[str] = ()) -> DictionaryTagger:
     """The gazetteer saved with a trained model: the training mentions, plus (``gcfg``, the
     ``train.gazetteer`` config) the guideline's terms and quoted formulas. Guideline terms that
     occur in ``withheld_texts`` (held-out articles) are left out, so that a held-out score never
@@ -169,12 +174,12 @@ def build_gazetteer(train_docs, gcfg: Any, withheld_texts: Sequence[str] = ()) -
         mentions = {t: lab for t, lab in read_terms(gcfg.guideline_terms).items()
                     if not any(t in text for text in withheld_texts)}
     mentions.update(doc_mentions(train_docs))
-    return DictionaryTagger(mentions, formulas=bool(gcfg.quoted_formulas), phrases=bool(gcfg.measure_phrases))
+    return DictionaryTagger(mentions, formulas=bool(gcfg.quoted_formulas), phrases=bool(gcfg.measure_phrases),
+                            guideline=guideline)
 
 
 _NOT_ADMIN = {"市辖区", "县", "省直辖县级行政区划", "自治区直辖县级行政区划"}
 _PROVINCE_SUFFIX = re.compile(r"(省|市|特别行政区|(壮族|回族|维吾尔)?自治区)$")
-_AMBIGUOUS = GUIDELINE.ambiguous_places  # names that are also common words (东方, 城区, 合作, ...)
 
 
 @dataclass(frozen=True)
@@ -184,12 +189,13 @@ class AdminUnit:
     short: str | None      # short form where it is safe to match: 大连
 
 
-@lru_cache(maxsize=1)
-def admin_units() -> tuple[AdminUnit, ...]:
+@lru_cache(maxsize=4)
+def admin_units(ambiguous: frozenset[str] = frozenset()) -> tuple[AdminUnit, ...]:
     """China's administrative divisions from cpca's table (3,500 provinces, cities and counties, MIT),
     with the short forms of provinces, cities and autonomous prefectures (大连, 广西, 凤城, 延边).
     Short forms of counties and districts, two-character county names and names that are also
-    common words are left out (``short`` None, or the unit dropped)."""
+    common words (``ambiguous``: the guideline's ``places.ambiguous``) are left out (``short`` None,
+    or the unit dropped)."""
     import csv
     from importlib.metadata import distribution
 
@@ -204,7 +210,7 @@ def admin_units() -> tuple[AdminUnit, ...]:
             name, code = row["name"].strip(), row["adcode"]
             # two-character counties and districts (任县, 和县, 范县) mostly match across words:
             # 担任县委, 市和县, 示范县
-            if name in _NOT_ADMIN or name in _AMBIGUOUS or (len(name) == 2 and name[-1] in "县区旗"):
+            if name in _NOT_ADMIN or name in ambiguous or (len(name) == 2 and name[-1] in "县区旗"):
                 continue
             if code[2:6] == "0000":
                 short = _PROVINCE_SUFFIX.sub("", name)
@@ -216,26 +222,28 @@ def admin_units() -> tuple[AdminUnit, ...]:
                 short = prefecture.sub("", name)
             else:
                 short = None
-            units.append(AdminUnit(code, name, short if short and len(short) >= 2 and short not in _AMBIGUOUS else None))
+            units.append(AdminUnit(code, name, short if short and len(short) >= 2 and short not in ambiguous else None))
     return tuple(units)
 
 
-@lru_cache(maxsize=1)
-def admin_places() -> dict[str, str]:
-    """Every full name and safe short form of :func:`admin_units`, labelled LOC."""
+@lru_cache(maxsize=4)
+def admin_places(guideline: Guideline) -> dict[str, str]:
+    """Every full name and safe short form of :func:`admin_units`, labelled as the guideline's
+    ``places`` rule says (none without that rule)."""
+    label = guideline.label("places")
     places = {}
-    for u in admin_units():
-        places[u.name] = LOC
+    for u in admin_units(guideline.ambiguous_places) if label else ():
+        places[u.name] = label
         if u.short:
-            places[u.short] = LOC
+            places[u.short] = label
     return places
 
 
-@lru_cache(maxsize=1)
-def admin_subunit_initials() -> dict[str, frozenset[str]]:
+@lru_cache(maxsize=4)
+def admin_subunit_initials(ambiguous: frozenset[str] = frozenset()) -> dict[str, frozenset[str]]:
     """For each province or city name (full and short), the first characters of the units under it
     (丹东 -> 凤 of 凤城市, 东 of 东港市, ...): the candidates for one-character abbreviations."""
-    units = admin_units()
+    units = admin_units(ambiguous)
     out: dict[str, set[str]] = {}
     for parent in units:
         level = 2 if parent.code[2:6] == "0000" else 4 if parent.code[4:6] == "00" else 0
@@ -247,45 +255,46 @@ def admin_subunit_initials() -> dict[str, frozenset[str]]:
     return {k: frozenset(v) for k, v in out.items()}
 
 
-@lru_cache(maxsize=1)
-def place_tagger() -> "DictionaryTagger":
+@lru_cache(maxsize=4)
+def place_tagger(guideline: Guideline) -> "DictionaryTagger":
     """A tagger of :func:`admin_places` (the ``places`` span layer and ``train.silver.places``)."""
-    return DictionaryTagger(admin_places())
+    return DictionaryTagger(admin_places(guideline))
 
 
-PROVINCE_ABBREVIATIONS = GUIDELINE.province_abbreviations  # one character each: 返鄂人员, 来京人员
-_NOT_ABBREVIATION = GUIDELINE.not_abbreviation
-_ABBREVIATION = GUIDELINE.abbreviation
-
-
-def place_abbreviations(text: str, spans: Sequence[NormSpan]) -> list[NormSpan]:
+def place_abbreviations(text: str, spans: Sequence[NormSpan], guideline: Guideline) -> list[NormSpan]:
     """The guideline's one-character place abbreviations: 返[凤]人员, 来[威]人员, 返[雅]、来[雅]人员,
     留“[凤]”过年, where the character is a province abbreviation, belongs to a place the document
     names elsewhere (威 of 威海) or starts a unit under such a place (凤 of 凤城市 in a report that
-    names 丹东市). LOC spans that overlap none of ``spans``."""
-    places = {text[s:e] for s, e, lab in spans if lab == LOC and e - s >= 2}
+    names 丹东市). LOC spans that overlap none of ``spans``; the guideline's ``places`` rule gives
+    the pattern, the province abbreviations and what is never one (返乡, 返岗)."""
+    loc, pattern = guideline.label("places"), guideline.abbreviation
+    if pattern is None:
+        return []
+    initials = admin_subunit_initials(guideline.ambiguous_places)
+    places = {text[s:e] for s, e, lab in spans if lab == loc and e - s >= 2}
     known = {c for p in places for c in p}
-    known |= {c for p in places for c in admin_subunit_initials().get(p, ())}
-    known = (known - _NOT_ABBREVIATION) | PROVINCE_ABBREVIATIONS
+    known |= {c for p in places for c in initials.get(p, ())}
+    known = (known - guideline.not_abbreviation) | guideline.province_abbreviations
     found = []
-    for m in _ABBREVIATION.finditer(text):
+    for m in pattern.finditer(text):
         g = 1 if m.group(1) else 2
         s, e = m.span(g)
         if text[s] in known and all(e <= a or s >= b for a, b, _ in spans):
-            found.append((s, e, LOC))
+            found.append((s, e, loc))
     return found
 
 
-def with_places(text: str, model: Sequence[NormSpan], places: Sequence[NormSpan]) -> list[NormSpan]:
+def with_places(text: str, model: Sequence[NormSpan], places: Sequence[NormSpan], guideline: Guideline) -> list[NormSpan]:
     """Place-name matches under the model's spans, except that a match wins over the model's LOC
     spans it strictly contains (the model's 长春 of 长春市委, 大 of 大连: the guideline keeps the
     attached suffix) and a model PER that is exactly a place name becomes LOC (威海新闻网)."""
+    loc, per = guideline.label("places"), guideline.label("names")
     names = {text[s:e] for s, e, _ in places}
-    model = [(s, e, LOC) if lab == PER and text[s:e] in names else (s, e, lab) for s, e, lab in model]
+    model = [(s, e, loc) if lab == per and text[s:e] in names else (s, e, lab) for s, e, lab in model]
     wins = []
     for p in places:
         inside = [m for m in model if m[0] < p[1] and p[0] < m[1]]
-        if inside and all(m[2] == LOC and p[0] <= m[0] and m[1] <= p[1] and m[:2] != p[:2] for m in inside):
+        if inside and all(m[2] == loc and p[0] <= m[0] and m[1] <= p[1] and m[:2] != p[:2] for m in inside):
             wins.append(p)
     kept = [m for m in model if not any(p[0] <= m[0] and m[1] <= p[1] for p in wins)]
     return overlay(places, sorted(kept + wins))

@@ -19,6 +19,7 @@ the output can never be, or lie inside, an input. ``infer.engine=ray`` hands the
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -29,7 +30,7 @@ from typing import Any
 from .batch import Piece, Pieces, PredictSummary, RunOutput, cut_pieces, pending, predict_pieces
 from .cli import UsageError
 from .corpus import DocError, iter_documents
-from .guideline import check_guideline_labels
+from .guideline import check_guideline_labels, guideline_from_config, saved_guideline
 from .inference import Predictor, predictor_settings
 from .layers import GAZETTEER_FILE, LayerError, check_layers, resolve_layers
 from .modeling import ModelNotAvailable, resolve_model_path
@@ -124,6 +125,10 @@ def check_predict_paths(cfg: Any) -> None:
             check_layers(resolve_layers(infer.get("layers"), folder), folder / GAZETTEER_FILE)
         except LayerError as err:
             raise UsageError(f"infer.layers: {err}") from None
+        try:  # the guideline the model runs (its own, saved with it) against data.labels
+            check_guideline_labels(cfg, saved_guideline(folder, guideline_from_config(cfg)))
+        except ValueError as err:
+            raise UsageError(f"infer.model_dir={model}: {err}") from None
     else:
         # a path (absolute, relative to an existing folder, more than owner/name) is a missing folder;
         # anything else may be a hub name, accepted only if cached or reachable
@@ -135,7 +140,7 @@ def check_predict_paths(cfg: Any) -> None:
             resolve_model_path(str(model))
         except ModelNotAvailable:
             raise UsageError(f"infer.model_dir={model}: no such model folder; {train_hint}") from None
-    check_guideline_labels(cfg)
+        check_guideline_labels(cfg)
     if infer.get("on_decode_error", "replace") not in REPORT_ON_ERROR:
         raise UsageError(f"infer.on_decode_error={infer.on_decode_error}: use {' or '.join(REPORT_ON_ERROR)}")
     check_output(Path(infer.output), infer.input)
@@ -149,8 +154,11 @@ def pieces_settings(cfg: Any) -> Pieces:
 
 def run_manifest(cfg: Any, predictor: Predictor, how: Pieces) -> dict[str, Any]:
     """What a run's records depend on: the model's weights, the backend, the span settings."""
-    settings = {k: v for k, v in predictor_settings(cfg).items() if k not in ("batch_size", "num_threads", "backend")}
-    settings.update(segment_chars=how.size, context_chars=how.context, layers=predictor.layers.names)
+    skip = ("batch_size", "num_threads", "backend", "guideline")
+    settings = {k: v for k, v in predictor_settings(cfg).items() if k not in skip}
+    rules = predictor.layers.guideline
+    settings.update(segment_chars=how.size, context_chars=how.context, layers=predictor.layers.names,
+                    guideline=f"{rules.name} sha256:{hashlib.sha256(rules.key.encode()).hexdigest()[:16]}")
     return {"model_dir": str(cfg.infer.model_dir), "model_sha256": weights_hash(resolve_model_path(cfg.infer.model_dir)),
             "backend": f"{predictor.precision} on {predictor.device.type}", "settings": settings}
 

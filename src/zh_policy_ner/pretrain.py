@@ -158,15 +158,20 @@ def _sparse_mlm_class():
     return SparseHeadBertForMaskedLM
 
 
+def _dropout(cfg: Any) -> dict[str, float]:
+    """The pretraining dropout (``pretrain.model.dropout``) as config overrides of a loaded model."""
+    return {"hidden_dropout_prob": cfg.model.dropout, "attention_probs_dropout_prob": cfg.model.dropout}
+
+
 def build_model_and_tokenizer(cfg: Any, train_texts: list[str]):
     """A fresh BERT + char vocabulary (``init_from`` null) or an existing masked LM and its tokenizer."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM
 
-    if cfg.init_from:
+    if cfg.init_from:  # continued pretraining, with this run's dropout (not the exported fine-tuning one)
         path = resolve_model_path(cfg.init_from)
-        model = AutoModelForMaskedLM.from_pretrained(path)
+        model = AutoModelForMaskedLM.from_pretrained(path, **_dropout(cfg))
         if type(model) is BertForMaskedLM:
-            model = _sparse_mlm_class().from_pretrained(path)
+            model = _sparse_mlm_class().from_pretrained(path, **_dropout(cfg))
         return model, AutoTokenizer.from_pretrained(path)
     vocab = build_vocab(train_texts, min_freq=cfg.vocab.min_freq, include_gb2312=cfg.vocab.include_gb2312)
     tokenizer = make_tokenizer(vocab, model_max_length=cfg.model.max_position_embeddings)
@@ -230,10 +235,9 @@ def pretrain(cfg: Any) -> PretrainResult:
     if last:  # resume: the checkpoint holds the tokenizer of the run, so ids stay stable
         from transformers import AutoModelForMaskedLM, AutoTokenizer, BertForMaskedLM
 
-        model = AutoModelForMaskedLM.from_pretrained(last)
+        model = AutoModelForMaskedLM.from_pretrained(last, **_dropout(cfg))
         if isinstance(model, BertForMaskedLM):
-            drop = {} if cfg.init_from else {"hidden_dropout_prob": cfg.model.dropout, "attention_probs_dropout_prob": cfg.model.dropout}
-            model = _sparse_mlm_class().from_pretrained(last, **drop)
+            model = _sparse_mlm_class().from_pretrained(last, **_dropout(cfg))
         tokenizer = AutoTokenizer.from_pretrained(last)
         log.info("resuming from %s", last)
     else:

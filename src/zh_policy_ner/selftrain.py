@@ -12,7 +12,9 @@ from typing import Any
 from .corpus import RawDoc, iter_documents
 from .dataset import PreparedDoc, build_windows, to_dataset
 from .features import window_type_ids
+from .guideline import guideline_from_config
 from .inference import Predictor
+from .layers import SpanLayers
 from .text import already_normalized
 
 
@@ -28,7 +30,8 @@ def pseudo_labelled(model, tokenizer, cfg: Any, label_names: list[str], features
     """A dataset of windows from unlabelled texts with the model's confident spans as labels
     (with ``features``, a model trained on lexicon features: their token-type ids too)."""
     st = cfg.train.self_training
-    predictor = Predictor(model, tokenizer, cfg.data.max_length, cfg.data.stride, precision="fp32", features=features)
+    predictor = Predictor(model, tokenizer, cfg.data.max_length, cfg.data.stride, precision="fp32", features=features,
+                          layers=SpanLayers(guideline=guideline_from_config(cfg)))  # the model, tidied
     docs = []
     for k, pred in enumerate(predictor.predict(unlabelled_texts(st))):
         spans = [(s, e, lab) for (s, e, lab), sp in zip(pred.norm_spans, pred.spans) if (sp.score or 0) >= st.threshold]

@@ -20,9 +20,10 @@ from .baselines import make_baseline
 from .cli import ignore_sigint
 from .corpus import RawDoc, inews_texts, iter_documents, read_appended_jsonl
 from .dataset import IGNORE_INDEX, PreparedDoc, bio_label_names, build_windows, load_docs, project_doc, to_dataset
+from .guideline import Guideline, guideline_from_config
 from .inference import Predictor
 from .layers import SpanLayers, parse_layers
-from .lexicon import GUIDELINE, overlay
+from .lexicon import overlay
 from .metrics import entity_scores
 from .modelcard import command_line, write_silver_model_card
 from .modeling import load_tokenizer, save_half
@@ -32,7 +33,6 @@ from .trainer import build_model, fit, run_settings, settings_key
 log = logging.getLogger(__name__)
 
 SILVER_LABELS = ("PER", "LOC")  # what the taggers label
-DOMAIN_WORDS = GUIDELINE.domain_words  # government-meeting words (the guideline file's silver.domain_words)
 
 
 @lru_cache(maxsize=1)
@@ -40,16 +40,17 @@ def _normalized_news() -> tuple[str, ...]:
     return tuple(normalize(x).text for x in inews_texts())
 
 
-def _domain_news(min_words: int) -> list[str]:
-    """Normalised iNews articles with at least ``min_words`` government-meeting words."""
-    return [t for t in _normalized_news() if sum(w in t for w in DOMAIN_WORDS) >= min_words]
+def _domain_news(min_words: int, words: tuple[str, ...]) -> list[str]:
+    """Normalised iNews articles with at least ``min_words`` of the government-meeting ``words``."""
+    return [t for t in _normalized_news() if sum(w in t for w in words) >= min_words]
 
 
-def silver_texts(scfg: Any, seed: int) -> list[str]:
-    """Normalised unlabelled texts: government-like news articles and (if present) scraped reports."""
+def silver_texts(scfg: Any, seed: int, guideline: Guideline) -> list[str]:
+    """Normalised unlabelled texts: government-like news articles (the guideline's
+    ``silver.domain_words``) and (if present) scraped reports."""
     texts = []
     if scfg.news_articles:
-        news = _domain_news(scfg.min_domain_words)
+        news = _domain_news(scfg.min_domain_words, guideline.domain_words)
         random.Random(seed).shuffle(news)
         texts += news[: scfg.news_articles]
     if scfg.scraped and Path(scfg.scraped).is_dir():
@@ -99,12 +100,12 @@ def _tag_one(args: tuple[str, str]) -> list:
     return make_baseline(name).tag(text)
 
 
-def silver_docs(scfg: Any, seed: int, cache_dir: Path) -> list[PreparedDoc]:
+def silver_docs(scfg: Any, seed: int, cache_dir: Path, guideline: Guideline) -> list[PreparedDoc]:
     """Tagged silver documents (normalised coordinates), with administrative place names filling in
     where the tagger found nothing when ``scfg.places`` (THULAC never tags 大连, for one). Tags are
     cached per text in ``cache_dir/tags-<tagger>.jsonl`` (appended as they come, so an interrupted
     or enlarged run only tags what is new); ``scfg.workers`` processes tag in parallel."""
-    texts = silver_texts(scfg, seed)
+    texts = silver_texts(scfg, seed, guideline)
     cache = cache_dir / f"tags-{scfg.tagger}.jsonl"
     known = {row["key"]: row["spans"] for row in read_appended_jsonl(cache)}
     todo = list({_text_key(t): t for t in texts if _text_key(t) not in known}.items())
@@ -129,7 +130,7 @@ def silver_docs(scfg: Any, seed: int, cache_dir: Path) -> list[PreparedDoc]:
             except KeyboardInterrupt:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
-    layers = SpanLayers(parse_layers(["places"] if scfg.places else []))
+    layers = SpanLayers(parse_layers(["places"] if scfg.places else []), guideline=guideline)
     return [PreparedDoc(f"silver-{i}", already_normalized(t), layers(t, [tuple(s) for s in known[_text_key(t)]]))
             for i, t in enumerate(texts)]
 
@@ -143,7 +144,7 @@ def silver_model(cfg: Any, tokenizer) -> str:
     out = root / f"model-{silver_model_key(cfg)}"
     if (out / "config.json").exists():
         return str(out)
-    docs = silver_docs(scfg, cfg.seed, root)
+    docs = silver_docs(scfg, cfg.seed, root, guideline_from_config(cfg))
     labels = bio_label_names(SILVER_LABELS)
     ds = to_dataset(build_windows(docs, tokenizer, labels, cfg.data.max_length, cfg.data.stride))
     tcfg = silver_fit_config(cfg)
@@ -161,7 +162,7 @@ def silver_replay(cfg: Any, tokenizer, label_names: list[str], n_windows: int, g
     laid over the tagger's spans and only windows holding a POLICY match are drawn: silver
     measures in new contexts."""
     scfg = cfg.train.silver
-    docs = silver_docs(scfg, cfg.seed, Path(scfg.cache_dir))
+    docs = silver_docs(scfg, cfg.seed, Path(scfg.cache_dir), guideline_from_config(cfg))
     if gazetteer is not None:
         docs = [PreparedDoc(d.doc_id, d.norm, overlay(d.spans, gazetteer.tag(d.norm.text))) for d in docs]
     cols = build_windows(docs, tokenizer, label_names, cfg.data.max_length, cfg.data.stride)
@@ -190,12 +191,15 @@ def export_silver_model(cfg: Any) -> Path:
     out = Path(cfg.train.silver.export_dir)
     model = AutoModelForTokenClassification.from_pretrained(src)
     docs = [project_doc(d) for d in load_docs(cfg)]
-    preds = Predictor(model, tokenizer, cfg.data.max_length, cfg.data.stride, precision="fp32").predict_norm([d.norm for d in docs])
+    guideline = guideline_from_config(cfg)
+    predictor = Predictor(model, tokenizer, cfg.data.max_length, cfg.data.stride, precision="fp32",
+                          layers=SpanLayers(guideline=guideline))  # the model, tidied
+    preds = predictor.predict_norm([d.norm for d in docs])
     gold = [[s for s in d.spans if s[2] in SILVER_LABELS] for d in docs]
     scores = entity_scores(gold, [p.norm_spans for p in preds], [len(d.norm.text) for d in docs])
     save_half(model, tokenizer, out)
     scfg = cfg.train.silver
-    texts = silver_texts(scfg, cfg.seed)
+    texts = silver_texts(scfg, cfg.seed, guideline)
     states = sorted((src / "run").glob("checkpoint-*/trainer_state.json"), key=lambda p: int(p.parent.name.split("-")[1]))
     state = json.loads(states[-1].read_text()) if states else {}
     metrics = {"base_model": str(cfg.model.name_or_path), "tagger": scfg.tagger, "places": bool(scfg.places),

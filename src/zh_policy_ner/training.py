@@ -3,7 +3,8 @@
 :func:`train_on` orchestrates: the silver start (:mod:`.silver`), mention swap (:mod:`.augment`),
 silver replay, lexicon features, :func:`~zh_policy_ner.trainer.fit`, self-training
 (:mod:`.selftrain`), then the artifacts. Writes a self-contained folder: model + tokenizer (``pipeline("token-classification")`` works on it),
-``label_map.json``, ``resolved_config.yaml`` and ``metrics.json``. Checkpoints and resume come from
+``label_map.json``, ``resolved_config.yaml``, ``metrics.json`` and what the span pipeline runs
+(``gazetteer.json``, ``layers.json``, ``guideline.yaml``). Checkpoints and resume come from
 Trainer; early stopping when a dev split is configured; torchrun/accelerate for several GPUs.
 """
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Any
 from .augment import mention_pools, mention_swap_docs
 from .dataset import PreparedData, PreparedDoc, build_windows, load_prepared, to_dataset
 from .features import LexiconFeatures, enable_features, window_type_ids
-from .guideline import check_guideline_labels
+from .guideline import Guideline, check_guideline_labels, guideline_from_config
 from .inference import GAZETTEER_FILE, Predictor
-from .layers import save_layers
+from .layers import SpanLayers, save_layers
 from .lexicon import build_gazetteer, place_tagger
 from .metrics import entity_scores
 from .modeling import load_tokenizer
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def with_features(train_ds, data: PreparedData, gold: list[PreparedDoc], cfg: Any, held: list[str],
-                  features: LexiconFeatures):
+                  features: LexiconFeatures, guideline: Guideline):
     """The training windows with lexicon feature ids as ``token_type_ids``. Each training article
     gets them from a gazetteer built without its own mentions (cross-fitting: at prediction time a
     new report's mentions are not in the list either); windows of other origin (boosters) get the
@@ -41,7 +42,8 @@ def with_features(train_ds, data: PreparedData, gold: list[PreparedDoc], cfg: An
     per_doc = {}
     for d in gold:
         others = [g for g in gold if g.doc_id != d.doc_id]
-        crossed = LexiconFeatures(features.labels, build_gazetteer(others, cfg.train.gazetteer, held), features.places)
+        crossed = LexiconFeatures(features.labels, build_gazetteer(others, cfg.train.gazetteer, guideline, held),
+                                  features.places)
         per_doc[d.doc_id] = crossed.char_ids(d.norm.text)
 
     def add(row):
@@ -74,6 +76,7 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
     from transformers import set_seed
 
     t0 = time.time()
+    guideline = guideline_from_config(cfg)
     set_seed(cfg.seed)  # the new head rows: every run (and every cross-validation fold) starts alike
     label_names = data.manifest["label_names"]
     start = cfg.model.name_or_path
@@ -86,23 +89,23 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
     if cfg.train.mention_swap.copies > 0:
         silver: list[PreparedDoc] = []
         if cfg.train.silver.enabled:  # the silver mentions widen the pools of names and places
-            silver = silver_docs(cfg.train.silver, cfg.seed, Path(cfg.train.silver.cache_dir))
+            silver = silver_docs(cfg.train.silver, cfg.seed, Path(cfg.train.silver.cache_dir), guideline)
         pools = mention_pools(gold + silver)
         extra = mention_swap_docs(gold, pools, cfg.train.mention_swap.copies, cfg.seed)
         train_ds = concatenate_datasets([train_ds, to_dataset(build_windows(extra, tokenizer, label_names,
                                                                              cfg.data.max_length, cfg.data.stride))])
     held = [data.docs[i].norm.text for split in ("heldout", "dev") if split in data.manifest["splits"]
             for i in data.manifest["splits"][split]["doc_ids"]]
-    gazetteer = build_gazetteer(gold, cfg.train.gazetteer, held)
+    gazetteer = build_gazetteer(gold, cfg.train.gazetteer, guideline, held)
     if cfg.train.silver.replay > 0:
         n = round(cfg.train.silver.replay * len(data.datasets["train"]))
         train_ds = concatenate_datasets([train_ds, silver_replay(
             cfg, tokenizer, label_names, n, gazetteer if cfg.train.silver.replay_policy else None)])
     features = None
     if cfg.train.lexicon_features:
-        features = LexiconFeatures(tuple(cfg.data.labels), gazetteer, place_tagger())
+        features = LexiconFeatures(tuple(cfg.data.labels), gazetteer, place_tagger(guideline))
         enable_features(model, cfg.data.labels)
-        train_ds = with_features(train_ds, data, gold, cfg, held, features)
+        train_ds = with_features(train_ds, data, gold, cfg, held, features, guideline)
     check_resumable(cfg, output_dir)
     trainer = fit(model, tokenizer, train_ds, cfg.train, output_dir, data.datasets.get("dev"))
     st = cfg.train.self_training
@@ -131,12 +134,13 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
     }
     if "heldout" in data.datasets:
         predictor = Predictor(trainer.model, tokenizer, cfg.data.max_length, cfg.data.stride, decode=cfg.infer.decode,
-                              features=features)
+                              features=features, layers=SpanLayers(guideline=guideline))  # the model, tidied
         heldout_docs = [data.docs[i] for i in data.manifest["splits"]["heldout"]["doc_ids"]]
         metrics["heldout"], predictions = score_docs(predictor, heldout_docs)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
     gazetteer.save(output_dir / GAZETTEER_FILE)
     save_layers(output_dir, cfg.train.layers)
+    guideline.save(output_dir)
     (output_dir / "label_map.json").write_text(json.dumps(dict(enumerate(label_names)), indent=2), encoding="utf-8")
     (output_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")
     (output_dir / "prepare_manifest.json").write_text(json.dumps(data.manifest, indent=2, ensure_ascii=False), encoding="utf-8")
