@@ -1,9 +1,9 @@
 """Memory benchmark of the predict stage: peak RSS on one large report and on many ordinary ones
-(see zh_policy_ner.bench.run_memory_benchmark)."""
+(see zh_policy_ner.prediction.bench.run_memory_benchmark)."""
 import argparse
 from pathlib import Path
 
-from zh_policy_ner.bench import run_memory_benchmark
+from zh_policy_ner.prediction.bench import run_memory_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,8 +1,8 @@
-"""Inference benchmark against transformers' pipeline (see zh_policy_ner.bench)."""
+"""Inference benchmark against transformers' pipeline (see zh_policy_ner.prediction.bench)."""
 import argparse
 from pathlib import Path
 
-from zh_policy_ner.bench import run_benchmark
+from zh_policy_ner.prediction.bench import run_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 

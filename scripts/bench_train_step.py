@@ -10,7 +10,7 @@ import time
 import torch
 from transformers import AutoModelForTokenClassification
 
-from zh_policy_ner.modeling import use_bf16
+from zh_policy_ner.common.modeling import use_bf16
 
 
 def seconds_per_step(model_dir: str, hidden: float, attention: float, batch: int, length: int, steps: int) -> float:

@@ -9,7 +9,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from zh_policy_ner.cli import script  # noqa: E402
+from zh_policy_ner.common.cli import script  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
@@ -17,7 +17,7 @@ from zh_policy_ner.cli import script  # noqa: E402
         f"finished folds are kept in {cfg.eval.output_dir} (fold_predictions.json in each fold folder); "
         f"the same command reuses them and trains only the others")
 def main(cfg: DictConfig) -> None:
-    from zh_policy_ner.evaluation import evaluate
+    from zh_policy_ner.evaluation.evaluate import evaluate
 
     _, out = evaluate(cfg)
     if cfg.eval.mode == "curve":

@@ -7,14 +7,14 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from zh_policy_ner.cli import script  # noqa: E402
+from zh_policy_ner.common.cli import script  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 @script(lambda cfg: f"the documents done so far are kept in {cfg.infer.output}; "
         "the same command resumes where it stopped")
 def main(cfg: DictConfig) -> None:
-    from zh_policy_ner.predict import run_predict
+    from zh_policy_ner.prediction.predict import run_predict
 
     s = run_predict(cfg)
     errors = s.output.with_suffix(".errors.jsonl")

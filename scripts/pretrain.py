@@ -8,14 +8,14 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from zh_policy_ner.cli import checkpoints_kept, script  # noqa: E402
+from zh_policy_ner.common.cli import checkpoints_kept, script  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 @script(lambda cfg: checkpoints_kept(cfg.pretrain.output_dir, f"pretrain.save_steps={cfg.pretrain.save_steps} steps",
                                      "pretraining"))
 def main(cfg: DictConfig) -> None:
-    from zh_policy_ner.pretrain import pretrain
+    from zh_policy_ner.model.pretrain import pretrain
 
     result = pretrain(cfg.pretrain)
     print(f"pretrained model written to {result.export_dir}")

@@ -9,7 +9,7 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parents[1]))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from zh_policy_ner.cli import script  # noqa: E402
+from zh_policy_ner.common.cli import script  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
@@ -17,7 +17,7 @@ from zh_policy_ner.cli import script  # noqa: E402
                     f"{cfg.train.silver.cache_dir}/tags-{cfg.train.silver.tagger}.jsonl; "
                     f"the same command tags only the rest (the silver pass itself starts afresh)")
 def main(cfg: DictConfig) -> None:
-    from zh_policy_ner.silver import export_silver_model
+    from zh_policy_ner.training.silver import export_silver_model
 
     print(f"silver encoder written to {export_silver_model(cfg)}")
 

@@ -19,7 +19,7 @@ GUIDELINE = ROOT / "configs" / "guideline" / "zh_policy.yaml"  # the project's g
 @pytest.fixture(scope="session")
 def guideline():
     """The project's guideline, read (the rules' word lists and patterns)."""
-    from zh_policy_ner.guideline import load_guideline
+    from zh_policy_ner.rules.guideline import load_guideline
 
     return load_guideline(GUIDELINE)
 
@@ -29,7 +29,7 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from zh_policy_ner.config import register_configs
+    from zh_policy_ner.common.config import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
@@ -58,7 +58,7 @@ def tiny_cfg(tiny_model_dir, tmp_path):
 
 @pytest.fixture(scope="session")
 def seed_texts() -> list[str]:
-    from zh_policy_ner.text import normalize, read_text
+    from zh_policy_ner.reading.text import normalize, read_text
 
     return [normalize(read_text(p)).text for p in sorted((ROOT / "seeds").glob("*.txt"))]
 
@@ -69,7 +69,7 @@ def tiny_model_dir(tmp_path_factory, seed_texts) -> Path:
     import torch
     from transformers import BertConfig, BertForMaskedLM
 
-    from zh_policy_ner.tokenization import build_vocab, make_tokenizer
+    from zh_policy_ner.model.tokenization import build_vocab, make_tokenizer
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     vocab = build_vocab(seed_texts, min_freq=1, include_gb2312=False)
@@ -92,7 +92,7 @@ def scraped_dir() -> Path:
 @pytest.fixture(scope="module")
 def model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """A tiny token classifier trained for two steps by the main job's code (its folder)."""
-    from zh_policy_ner.training import train
+    from zh_policy_ner.training.train import train
 
     out = tmp_path_factory.mktemp("m")
     train(tiny_config(tiny_model_dir, out, f"train.output_dir={out}"))

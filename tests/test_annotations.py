@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from zh_policy_ner.annotations import (
+from zh_policy_ner.labelling.annotations import (
     AnnotationValidationError,
     load_annotations,
     main,

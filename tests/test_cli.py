@@ -1,4 +1,4 @@
-"""The scripts' shared behaviour (zh_policy_ner.cli): plain failures (exit 2), Ctrl-C (exit 130),
+"""The scripts' shared behaviour (zh_policy_ner.common.cli): plain failures (exit 2), Ctrl-C (exit 130),
 quiet third parties, safe outputs; plus the prepare stage's folder swap and resuming past a
 half-written checkpoint."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from zh_policy_ner import cli
+from zh_policy_ner.common import cli
 
 from .conftest import ROOT, SEED_IDS, compose, tiny_config
 
@@ -84,12 +84,12 @@ def test_predict_summary_names_only_files_that_exist_and_transformers_stays_quie
 
 # --------------------------------------------------------------------------- Ctrl-C
 SCRIPTS = {  # script: (module and function its main calls, a phrase of what is kept)
-    "predict": ("zh_policy_ner.predict", "run_predict", "the same command resumes"),
-    "train": ("zh_policy_ner.training", "train", "resumes training from"),
-    "evaluate": ("zh_policy_ner.evaluation", "evaluate", "fold_predictions.json"),
-    "pretrain": ("zh_policy_ner.pretrain", "pretrain", "no checkpoint written yet"),
-    "silver": ("zh_policy_ner.silver", "export_silver_model", "tags-thulac.jsonl"),
-    "prepare_data": ("zh_policy_ner.dataset", "prepare", "is as it was"),
+    "predict": ("zh_policy_ner.prediction.predict", "run_predict", "the same command resumes"),
+    "train": ("zh_policy_ner.training.train", "train", "resumes training from"),
+    "evaluate": ("zh_policy_ner.evaluation.evaluate", "evaluate", "fold_predictions.json"),
+    "pretrain": ("zh_policy_ner.model.pretrain", "pretrain", "no checkpoint written yet"),
+    "silver": ("zh_policy_ner.training.silver", "export_silver_model", "tags-thulac.jsonl"),
+    "prepare_data": ("zh_policy_ner.data.dataset", "prepare", "is as it was"),
 }
 
 
@@ -128,7 +128,7 @@ def test_quiet_silences_thulac_and_transformers_and_quiet_false_does_not(tiny_mo
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from zh_policy_ner.baselines import _thulac
+    from zh_policy_ner.rules.baselines import _thulac
 
     assert compose().quiet is True and compose("quiet=false").quiet is False
     long_text = "疫情防控" * 100  # longer than the tiny tokenizer's 128 positions
@@ -158,7 +158,7 @@ def test_quiet_silences_thulac_and_transformers_and_quiet_false_does_not(tiny_mo
 
 # --------------------------------------------------------------------------- prepare swaps its folder
 def test_prepare_replaces_its_output_folder_whole(tiny_model_dir, tmp_path):
-    from zh_policy_ner.dataset import prepare
+    from zh_policy_ner.data.dataset import prepare
 
     out = tmp_path / "data"
     base = [f"model.name_or_path={tiny_model_dir}", f"data.output_dir={out}", "data.max_length=64", "data.stride=16"]
@@ -176,7 +176,7 @@ def test_prepare_replaces_its_output_folder_whole(tiny_model_dir, tmp_path):
 
 # --------------------------------------------------------------------------- resume past a torn checkpoint
 def test_resume_passes_over_a_half_written_checkpoint(tiny_model_dir, tmp_path, caplog):
-    from zh_policy_ner.training import train
+    from zh_policy_ner.training.train import train
 
     def cfg(out, steps):
         return tiny_config(tiny_model_dir, out, f"train.output_dir={out}", "train.batch_size=8", "train.warmup=0",

@@ -43,12 +43,12 @@ def test_every_config_group_option_composes():
 
 
 def test_the_schemas_type_every_group_and_refuse_typos():
-    """Each group is checked against its dataclass (zh_policy_ner.config): the YAML has every key of
+    """Each group is checked against its dataclass (zh_policy_ner.common.config): the YAML has every key of
     the schema, a typo or a wrong type fails at composition, and values are typed."""
     from hydra.errors import ConfigCompositionException
     from omegaconf.errors import ConfigKeyError
 
-    from zh_policy_ner.config import SCHEMAS
+    from zh_policy_ner.common.config import SCHEMAS
 
     cfg = compose()
     for group, schema in SCHEMAS.items():

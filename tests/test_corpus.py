@@ -1,6 +1,6 @@
 import json
 
-from zh_policy_ner.corpus import DocError, RawDoc, iter_documents
+from zh_policy_ner.reading.corpus import DocError, RawDoc, iter_documents
 
 
 def test_jsonl_lines_are_decoded_one_by_one_and_bad_lines_reported(tmp_path):

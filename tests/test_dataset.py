@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zh_policy_ner.annotations import load_annotations
-from zh_policy_ner.dataset import (
+from zh_policy_ner.labelling.annotations import load_annotations
+from zh_policy_ner.data.dataset import (
     bio_label_names,
     grouped_folds,
     leave_one_out,
@@ -13,7 +13,7 @@ from zh_policy_ner.dataset import (
     tags_to_spans,
 )
 
-from .conftest import ROOT, SEED_IDS, SEEDS_ANN, compose
+from .conftest import SEED_IDS, SEEDS_ANN, compose
 
 
 @st.composite

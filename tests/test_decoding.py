@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zh_policy_ner.text import (
+from zh_policy_ner.reading.text import (
     DecodeError,
     Decoded,
     StreamDecoder,

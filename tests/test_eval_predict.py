@@ -3,14 +3,14 @@ import json
 import pytest
 import torch
 
-from zh_policy_ner.baselines import JiebaTagger, align_tokens
-from zh_policy_ner.layers import LayerError, SpanLayers, parse_layers
-from zh_policy_ner.lexicon import (DictionaryTagger, admin_places, admin_units, build_gazetteer, measure_phrases,
+from zh_policy_ner.rules.baselines import JiebaTagger, align_tokens
+from zh_policy_ner.rules.layers import LayerError, SpanLayers, parse_layers
+from zh_policy_ner.rules.lexicon import (DictionaryTagger, admin_places, admin_units, build_gazetteer, measure_phrases,
                                    place_abbreviations, place_tagger, quoted_formulas, read_terms)
-from zh_policy_ner.evaluation import evaluate
-from zh_policy_ner.metrics import entity_scores, error_cases, write_error_report
-from zh_policy_ner.batch import done_ids
-from zh_policy_ner.predict import run_predict
+from zh_policy_ner.evaluation.evaluate import evaluate
+from zh_policy_ner.data.metrics import entity_scores, error_cases, write_error_report
+from zh_policy_ner.prediction.batch import done_ids
+from zh_policy_ner.prediction.predict import run_predict
 
 from .conftest import ROOT, SEED_IDS, SEEDS_ANN, compose, tiny_config
 
@@ -64,7 +64,7 @@ def test_measure_phrases_after_verbs_without_verb_degree_or_head(guideline):
 
 
 def test_model_spans_tidied_by_the_guideline(guideline):
-    from zh_policy_ner.layers import tidy_spans
+    from zh_policy_ner.rules.layers import tidy_spans
 
     text = "市委书记王凯强调, 编辑: 谭立勇 威海 李友传达丹东 学习习近平 刘国强调研 长春 江城"
 
@@ -80,8 +80,8 @@ def test_model_spans_tidied_by_the_guideline(guideline):
 
 
 def test_guideline_terms_withheld_and_training_mentions_win(tmp_path, guideline):
-    from zh_policy_ner.dataset import PreparedDoc
-    from zh_policy_ner.text import normalize
+    from zh_policy_ner.data.dataset import PreparedDoc
+    from zh_policy_ner.reading.text import normalize
 
     terms = tmp_path / "terms.tsv"
     terms.write_text("# comment\n核酸检测\tPOLICY\n閉環管理\tPOLICY\n大连\tPOLICY\n", encoding="utf-8")
@@ -186,7 +186,7 @@ def test_heldout_evaluation_warns_when_the_model_saw_the_article(model_dir, tmp_
 
 
 def test_gazetteer_overrides_model_spans(model_dir):
-    from zh_policy_ner.inference import Predictor
+    from zh_policy_ner.decoding.inference import Predictor
 
     gaz = json.loads((model_dir / "gazetteer.json").read_text(encoding="utf-8"))
     assert gaz["mentions"]["谭作钧"] == "PER" and gaz["mentions"]["大连市"] == "LOC" and gaz["quoted_formulas"]
@@ -226,7 +226,7 @@ def test_predict_robust_exact_offsets_and_resume(model_dir, tmp_path):
     assert {e["source"].split("/")[-1] for e in errors} == {"binary.txt", "docs.jsonl:2"}
     assert set(records) == {"a", "a.txt", "sub/gbk", "sub/utf8", "empty", "long", "page", "j1"}
     assert records["empty"]["spans"] == []
-    from zh_policy_ner.corpus import iter_documents
+    from zh_policy_ner.reading.corpus import iter_documents
 
     texts = {d.source: d.text for d in iter_documents(inputs) if hasattr(d, "text")}
     for r in records.values():
@@ -258,8 +258,8 @@ def test_predict_smoke_on_scraped_reports(model_dir, scraped_dir, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["labelstudio", "doccano"])
 def test_labelstudio_and_doccano_round_trip(fmt, tmp_path):
-    from zh_policy_ner.annotations import load_annotations
-    from zh_policy_ner.exchange import export_predictions, import_corrected
+    from zh_policy_ner.labelling.annotations import load_annotations
+    from zh_policy_ner.labelling.exchange import export_predictions, import_corrected
 
     src = tmp_path / "reports" / "r1.txt"
     src.parent.mkdir()
@@ -310,7 +310,7 @@ def test_predict_shards_by_rank(model_dir, tmp_path, monkeypatch):
 
 
 def test_benchmark_runs_both_systems(model_dir, tmp_path):
-    from zh_policy_ner.bench import run_benchmark
+    from zh_policy_ner.prediction.bench import run_benchmark
 
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from zh_policy_ner.annotations import load_annotations
-from zh_policy_ner.exchange import (agreement, correction_cost, export_predictions, import_corrected, labelstudio_config,
+from zh_policy_ner.labelling.annotations import load_annotations
+from zh_policy_ner.labelling.exchange import (agreement, correction_cost, export_predictions, import_corrected, labelstudio_config,
                                     main)
-from zh_policy_ner.text import jsonl_lines
+from zh_policy_ner.reading.text import jsonl_lines
 
 RAW = "市委書(shū)記王魯明主持會議,要求加強核酸檢測。返威人員"
 PER, POL, LOC = (9, 12, "PER"), (21, 25, "POLICY"), (27, 28, "LOC")
@@ -126,7 +126,7 @@ def test_export_orders_by_uncertainty_and_config_follows_labels(report, tmp_path
 
 def test_agreement_scores_and_lists_disagreements(tmp_path, capsys):
     (tmp_path / "r.txt").write_text(RAW, encoding="utf-8")
-    from zh_policy_ner.annotations import sha256_bytes
+    from zh_policy_ner.labelling.annotations import sha256_bytes
 
     sha = sha256_bytes((tmp_path / "r.txt").read_bytes())
     for name, spans in (("a.jsonl", [PER, POL]), ("b.jsonl", [PER, LOC])):
@@ -159,9 +159,9 @@ def test_validator_confines_source_and_names_wrong_type(tmp_path):
 
 
 def test_resume_reads_records_with_line_separators_inside(tmp_path):
-    from zh_policy_ner.corpus import read_appended_jsonl
-    from zh_policy_ner.batch import done_ids
-    from zh_policy_ner.reports import read_predictions
+    from zh_policy_ner.reading.corpus import read_appended_jsonl
+    from zh_policy_ner.prediction.batch import done_ids
+    from zh_policy_ner.prediction.reports import read_predictions
 
     out = tmp_path / "p.jsonl"
     recs = [{"doc_id": "a\u2028b", "spans": [{"text": "x\u2029y\x85"}]}, {"doc_id": "c", "spans": []}]

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from zh_policy_ner.cli import UsageError
-from zh_policy_ner.guideline import (GUIDELINE_FILE, Guideline, check_labels, guideline_from_config, load_guideline,
+from zh_policy_ner.common.cli import UsageError
+from zh_policy_ner.rules.guideline import (GUIDELINE_FILE, Guideline, check_labels, guideline_from_config, load_guideline,
                                      saved_guideline)
-from zh_policy_ner.layers import SpanLayers, parse_layers, tidy_spans
-from zh_policy_ner.lexicon import DictionaryTagger, measure_phrases, place_abbreviations, quoted_formulas
+from zh_policy_ner.rules.layers import SpanLayers, parse_layers, tidy_spans
+from zh_policy_ner.rules.lexicon import DictionaryTagger, measure_phrases, place_abbreviations, quoted_formulas
 
 from .conftest import GUIDELINE, compose, tiny_config
 
@@ -68,7 +68,7 @@ def test_labels_are_checked_against_the_data(tmp_path):
     with pytest.raises(ValueError, match="rule formulas outputs MEASURE"):
         check_labels(["PER", "LOC", "POLICY"], g)
     check_labels(["PER", "LOC", "POLICY", "MEASURE"], g)
-    from zh_policy_ner.training import train
+    from zh_policy_ner.training.train import train
 
     with pytest.raises(UsageError, match="rule formulas outputs POLICY.*data.labels"):
         train(compose("data.labels=[PER,LOC]", f"train.output_dir={tmp_path / 'm'}"))
@@ -87,8 +87,8 @@ def test_a_broken_guideline_names_the_file_and_the_rule(tmp_path):
 
 def test_the_model_saves_its_guideline_and_prediction_runs_it(tiny_model_dir, tmp_path, guideline):
     """Trained with one guideline, a model predicts with it, whatever the run's config says."""
-    from zh_policy_ner.inference import Predictor
-    from zh_policy_ner.training import train
+    from zh_policy_ner.decoding.inference import Predictor
+    from zh_policy_ner.training.train import train
 
     out = tmp_path / "m"
     cfg = tiny_config(tiny_model_dir, tmp_path, f"train.output_dir={out}", "train.max_steps=1",

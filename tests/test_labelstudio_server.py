@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from zh_policy_ner.annotations import load_annotations, sha256_bytes
-from zh_policy_ner.exchange import export_predictions, import_corrected
+from zh_policy_ner.labelling.annotations import load_annotations, sha256_bytes
+from zh_policy_ner.labelling.exchange import export_predictions, import_corrected
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = ROOT / "seeds"
@@ -191,7 +191,7 @@ def test_round_trip_through_label_studio(server, tmp_path):
     preds = tmp_path / "predictions.jsonl"
     preds.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     tasks_file = export_predictions(preds, "labelstudio", tmp_path / "ls" / "tasks.json")
-    config = subprocess.run([sys.executable, "-m", "zh_policy_ner.exchange", "config"], capture_output=True, text=True,
+    config = subprocess.run([sys.executable, "-m", "zh_policy_ner.labelling.exchange", "config"], capture_output=True, text=True,
                             check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}).stdout
     assert config == (tmp_path / "ls" / "labeling_config.xml").read_text(encoding="utf-8")
 

@@ -4,9 +4,9 @@ import time
 import pytest
 from transformers import AutoModelForMaskedLM, AutoModelForTokenClassification, AutoTokenizer
 
-from zh_policy_ner.modeling import DEFAULT_MODEL_DIR, MLM_MODEL_DIR, ModelNotAvailable, resolve_model_path
-from zh_policy_ner.text import normalize, read_text
-from zh_policy_ner.tokenization import unknown_rate
+from zh_policy_ner.common.modeling import DEFAULT_MODEL_DIR, MLM_MODEL_DIR, ModelNotAvailable, resolve_model_path
+from zh_policy_ner.reading.text import normalize, read_text
+from zh_policy_ner.model.tokenization import unknown_rate
 
 from .conftest import ROOT, compose
 

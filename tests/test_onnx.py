@@ -1,4 +1,4 @@
-"""The ONNX Runtime backend (zh_policy_ner.onnx_backend): export at the end of training, fp32 and int8
+"""The ONNX Runtime backend (zh_policy_ner.model.onnx_backend): export at the end of training, fp32 and int8
 against torch, batch invariance of int8, the export cache, and the torch path left as it was."""
 import json
 import logging
@@ -10,9 +10,9 @@ import pytest
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: the ONNX backend is optional (pip install onnxruntime onnx)")
 pytest.importorskip("onnx", reason="onnx is not installed: the ONNX export needs it (pip install onnxruntime onnx)")
 
-from zh_policy_ner import onnx_backend  # noqa: E402
-from zh_policy_ner.dataset import encode_windows  # noqa: E402
-from zh_policy_ner.inference import Predictor  # noqa: E402
+from zh_policy_ner.model import onnx_backend  # noqa: E402
+from zh_policy_ner.data.dataset import encode_windows  # noqa: E402
+from zh_policy_ner.decoding.inference import Predictor  # noqa: E402
 
 from .conftest import ROOT, compose, tiny_config  # noqa: E402
 
@@ -22,7 +22,7 @@ WINDOW = {"max_length": 64, "stride": 16}
 @pytest.fixture(scope="module")
 def trained_dir(tiny_model_dir, tmp_path_factory):
     """A tiny model trained a few steps, exported by the train stage (train.export_onnx=true)."""
-    from zh_policy_ner.training import train
+    from zh_policy_ner.training.train import train
 
     out = tmp_path_factory.mktemp("onnx-model")
     train(tiny_config(tiny_model_dir, out, f"train.output_dir={out}", "train.batch_size=8", "train.lr=5e-3",
@@ -145,9 +145,9 @@ def test_export_cache_is_reused_and_renewed_with_new_weights(trained_dir, tmp_pa
 def test_torch_backend_is_unchanged(trained_dir, tmp_path):
     from transformers import AutoModelForTokenClassification
 
-    from zh_policy_ner.modeling import load_tokenizer
-    from zh_policy_ner.batch import RunOutput
-    from zh_policy_ner.predict import predict_files, run_predict
+    from zh_policy_ner.common.modeling import load_tokenizer
+    from zh_policy_ner.prediction.batch import RunOutput
+    from zh_policy_ner.prediction.predict import predict_files, run_predict
 
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -165,14 +165,14 @@ def test_torch_backend_is_unchanged(trained_dir, tmp_path):
 
 
 def test_predict_stage_runs_on_onnx(trained_dir, tmp_path, caplog):
-    from zh_policy_ner.predict import run_predict
+    from zh_policy_ner.prediction.predict import run_predict
 
     inputs = tmp_path / "in"
     inputs.mkdir()
     for p in sorted((ROOT / "seeds").glob("*.txt"))[:2]:
         shutil.copy(p, inputs / p.name)
     out = tmp_path / "onnx.jsonl"
-    with caplog.at_level(logging.INFO, logger="zh_policy_ner.inference"):
+    with caplog.at_level(logging.INFO, logger="zh_policy_ner.decoding.inference"):
         run_predict(compose(f"infer.model_dir={trained_dir}", f"infer.input={inputs}", f"infer.output={out}",
                             "infer.max_length=64", "infer.stride=16", "infer.backend=onnx", "infer.num_threads=1",
                             "infer.reports=false"))
@@ -205,13 +205,13 @@ def test_auto_backend_choice(monkeypatch):
 
 def test_export_without_onnxruntime_logs_one_line_and_goes_on(monkeypatch, caplog, tmp_path):
     monkeypatch.setattr(onnx_backend, "available", lambda: False)
-    with caplog.at_level(logging.INFO, logger="zh_policy_ner.onnx_backend"):
+    with caplog.at_level(logging.INFO, logger="zh_policy_ner.model.onnx_backend"):
         assert onnx_backend.export_onnx(tmp_path) is None
     assert len(caplog.records) == 1 and "onnxruntime" in caplog.text
 
 
 def test_benchmark_runs_onnx_and_the_predict_command(trained_dir, tmp_path):
-    from zh_policy_ner.bench import run_benchmark
+    from zh_policy_ner.prediction.bench import run_benchmark
 
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from zh_policy_ner.cli import UsageError
-from zh_policy_ner.corpus import RawDoc, StreamDoc, iter_documents
-from zh_policy_ner.batch import Piece, Pieces, RunOutput, cut_pieces, done_ids, predict_pieces
-from zh_policy_ner.predict import run_predict
+from zh_policy_ner.common.cli import UsageError
+from zh_policy_ner.reading.corpus import RawDoc, StreamDoc, iter_documents
+from zh_policy_ner.prediction.batch import Piece, Pieces, RunOutput, cut_pieces, done_ids, predict_pieces
+from zh_policy_ner.prediction.predict import run_predict
 
 from .conftest import compose
 
@@ -76,7 +76,7 @@ def test_size_limit_ends_a_streamed_document_as_an_error():
 def test_streaming_prediction_keeps_a_memory_ceiling_and_exact_offsets(model_dir):
     """A document of many windows, predicted in pieces: no call sees more than a piece and its
     context, spans are exact and ordered, and away from the cuts they are those of the whole text."""
-    from zh_policy_ner.inference import Predictor
+    from zh_policy_ner.decoding.inference import Predictor
 
     predictor = Predictor.from_pretrained(str(model_dir), max_length=32, stride=8, layers=["gazetteer"])
     seen = []
@@ -276,7 +276,7 @@ def test_resume_after_kill_9_gives_the_records_of_an_uninterrupted_run_on_onnx(m
 def test_span_layers_saved_with_the_model_are_the_default_and_an_override_wins(model_dir, tmp_path):
     """One list of span layers: saved by training, used by prediction unless overridden, written
     into the run's manifest; a layer name that does not exist is refused before the model loads."""
-    from zh_policy_ner.layers import saved_layers
+    from zh_policy_ner.rules.layers import saved_layers
 
     assert saved_layers(model_dir) == ["places:fill", "gazetteer:overwrite", "abbreviations:fill"]
     inputs = _inputs(tmp_path / "in")

@@ -3,7 +3,7 @@ import math
 import pytest
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-from zh_policy_ner.pretrain import pretrain
+from zh_policy_ner.model.pretrain import pretrain
 
 from .conftest import ROOT, compose
 

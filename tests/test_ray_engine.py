@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import compose
-from zh_policy_ner.cli import UsageError
+from zh_policy_ner.common.cli import UsageError
 
 HAS_RAY = importlib.util.find_spec("ray") is not None
 pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated:DeprecationWarning")  # Ray Data's own settings
@@ -42,7 +42,7 @@ def write_inputs(folder: Path) -> None:
 
 
 def run(model_dir: Path, inputs: Path, out: Path, *overrides: str):
-    from zh_policy_ner.predict import run_predict
+    from zh_policy_ner.prediction.predict import run_predict
 
     return run_predict(compose(f"infer.model_dir={model_dir}", f"infer.input={inputs}", f"infer.output={out}",
                                "infer.max_length=64", "infer.stride=16", "infer.reports=false",
@@ -164,7 +164,7 @@ def test_ray_matches_local_in_int8_and_bf16(local_ray, model_dir, inputs, precis
 
 def test_ray_missing_is_a_usage_error(monkeypatch, model_dir, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
-    from zh_policy_ner.ray_engine import predict_ray
+    from zh_policy_ner.prediction.ray_engine import predict_ray
 
     with pytest.raises(UsageError, match=r'pip install -e "\.\[ray\]"'):
         predict_ray(compose(f"infer.model_dir={model_dir}", f"infer.input={tmp_path}", "infer.engine=ray"),
@@ -172,7 +172,7 @@ def test_ray_missing_is_a_usage_error(monkeypatch, model_dir, tmp_path):
 
 
 def test_ray_settings_are_checked():
-    from zh_policy_ner.ray_engine import RaySettings
+    from zh_policy_ner.prediction.ray_engine import RaySettings
 
     s = RaySettings.from_cfg(compose("infer.engine=ray"))
     assert (s.address, s.workers, s.cpus_per_worker, s.threads) == (None, 2, 1.0, 1)

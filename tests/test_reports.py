@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from zh_policy_ner.corpus import html_to_text
-from zh_policy_ner.reports import cooccurrence_rows, neutralize, render_html, script_lang, sentences, write_reports
+from zh_policy_ner.reading.corpus import html_to_text
+from zh_policy_ner.prediction.reports import cooccurrence_rows, neutralize, render_html, script_lang, sentences, write_reports
 
 ROOT = Path(__file__).resolve().parents[1]
 SIMPLIFIED, TRADITIONAL = "004_383dab57bb4e398a", "002_ea77f5f8472cfacb"  # 002 has glosses: 會(huì)議

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zh_policy_ner.text import DecodeError, decode_bytes, normalize, read_text, to_simplified
+from zh_policy_ner.reading.text import DecodeError, decode_bytes, normalize, read_text, to_simplified
 
 from .conftest import ROOT
 
@@ -106,7 +106,7 @@ def test_offsets_strictly_increasing_and_point_at_source(raw):
 
 
 def test_already_normalized_is_identity():
-    from zh_policy_ner.text import already_normalized
+    from zh_policy_ner.reading.text import already_normalized
 
     n = already_normalized("会(h)议??")
     assert n.text == "会(h)议??" and n.to_raw_span(0, 2) == (0, 2)

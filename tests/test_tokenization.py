@@ -1,6 +1,6 @@
 from transformers import AutoTokenizer
 
-from zh_policy_ner.tokenization import build_vocab, gb2312_hanzi, make_tokenizer, unknown_rate
+from zh_policy_ner.model.tokenization import build_vocab, gb2312_hanzi, make_tokenizer, unknown_rate
 
 
 def test_gb2312_has_all_level_1_and_2_hanzi():

@@ -8,11 +8,11 @@ from hypothesis import strategies as st
 from omegaconf import OmegaConf
 from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
-from zh_policy_ner.dataset import bio_label_names
-from zh_policy_ner.inference import Predictor, allowed_transitions, char_tags_from_tokens, viterbi_bio
-from zh_policy_ner.silver import silver_docs
-from zh_policy_ner.trainer import build_model
-from zh_policy_ner.training import train
+from zh_policy_ner.data.dataset import bio_label_names
+from zh_policy_ner.decoding.inference import Predictor, allowed_transitions, char_tags_from_tokens, viterbi_bio
+from zh_policy_ner.training.silver import silver_docs
+from zh_policy_ner.training.trainer import build_model
+from zh_policy_ner.training.train import train
 
 from .conftest import SEED_IDS, compose, tiny_config
 
@@ -40,8 +40,8 @@ def test_loss_falls_and_folder_is_complete(trained):
 
 
 def test_gazetteer_withholds_guideline_terms_found_in_heldout_articles(trained):
-    from zh_policy_ner.lexicon import doc_mentions, read_terms
-    from zh_policy_ner.dataset import load_docs, project_doc
+    from zh_policy_ner.rules.lexicon import doc_mentions, read_terms
+    from zh_policy_ner.data.dataset import load_docs, project_doc
 
     out, _ = trained
     gaz = json.loads((out / "gazetteer.json").read_text(encoding="utf-8"))["mentions"]
@@ -151,7 +151,7 @@ def test_silver_pass_and_mention_swap(tiny_model_dir, tmp_path, guideline):
     # silver replay: half as many silver windows as gold ones join the gold pass, their O labels ignored
     replay = train(OmegaConf.merge(cfg, {"train": {"mention_swap": {"copies": 0}, "silver": {"replay": 0.5},
                                                   "output_dir": str(tmp_path / "r")}}))
-    from zh_policy_ner.silver import silver_replay
+    from zh_policy_ner.training.silver import silver_replay
 
     labels = silver_replay(cfg, AutoTokenizer.from_pretrained(tiny_model_dir), bio_label_names(), 10_000)["labels"]
     n = base.metrics["train_windows"]
@@ -163,9 +163,9 @@ def test_silver_pass_and_mention_swap(tiny_model_dir, tmp_path, guideline):
 def test_swap_mentions_keeps_spans_aligned():
     import random
 
-    from zh_policy_ner.augment import swap_mentions
-    from zh_policy_ner.dataset import PreparedDoc
-    from zh_policy_ner.text import normalize
+    from zh_policy_ner.training.augment import swap_mentions
+    from zh_policy_ner.data.dataset import PreparedDoc
+    from zh_policy_ner.reading.text import normalize
 
     doc = PreparedDoc("d", normalize("市长刘向东要求返凤人员到大连市"), [(2, 5, "PER"), (8, 9, "LOC"), (12, 15, "LOC")])
     new = swap_mentions(doc, {"PER": ["欧阳娜娜"], "LOC": ["长春"]}, random.Random(0), "x")
@@ -195,7 +195,7 @@ def test_same_seed_same_weights(tiny_model_dir, tmp_path):
 
 
 def test_param_groups_decay_by_layer_and_lift_the_head(tiny_model_dir):
-    from zh_policy_ner.trainer import build_model, param_groups
+    from zh_policy_ner.training.trainer import build_model, param_groups
 
     model = build_model(str(tiny_model_dir), ["O", "B-PER", "I-PER"])
     groups = param_groups(model, 1e-3, head_multiplier=10, layer_decay=0.5)
@@ -211,11 +211,11 @@ def test_param_groups_decay_by_layer_and_lift_the_head(tiny_model_dir):
 def test_lexicon_features_are_cross_fitted_and_rebuilt_at_prediction(tiny_model_dir, tmp_path, guideline):
     from transformers import AutoConfig
 
-    from zh_policy_ner.dataset import load_prepared
-    from zh_policy_ner.features import LexiconFeatures
-    from zh_policy_ner.lexicon import DictionaryTagger
-    from zh_policy_ner.modeling import load_tokenizer
-    from zh_policy_ner.training import train, with_features
+    from zh_policy_ner.data.dataset import load_prepared
+    from zh_policy_ner.decoding.features import LexiconFeatures
+    from zh_policy_ner.rules.lexicon import DictionaryTagger
+    from zh_policy_ner.common.modeling import load_tokenizer
+    from zh_policy_ner.training.train import train, with_features
 
     from .conftest import SEEDS_ANN
 

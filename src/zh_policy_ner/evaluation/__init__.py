@@ -1,0 +1,1 @@
+"""Evaluation: cross-validation by article, held-out articles, the learning curve."""

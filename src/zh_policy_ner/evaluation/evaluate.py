@@ -1,0 +1,292 @@
+"""Evaluation on held-out articles: leave-one-article-out cross-validation or a fixed held-out
+split, the model next to the baselines, entity-level P/R/F1 per label (micro totals and mean ± sd
+over folds), and per-article error reports."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ..rules.baselines import make_baseline
+from ..data.dataset import PreparedDoc, bio_label_names, grouped_folds, leave_one_out, load_docs, prepare_docs, split_docs
+from ..rules.guideline import check_guideline_labels, guideline_from_config
+from ..decoding.inference import Predictor
+from ..rules.layers import GAZETTEER_FILE, SpanLayers, parse_layers, resolve_layers
+from ..rules.lexicon import build_gazetteer
+from ..data.metrics import entity_scores, error_cases, mean_sd, scores_table, write_error_report
+from ..model.modelcard import command_line
+from ..common.modeling import load_tokenizer
+from ..training.trainer import run_settings, settings_key
+from ..training.train import train_on
+
+log = logging.getLogger(__name__)
+MODEL = "model"
+GAZ = "model+lexicons"  # what prediction outputs: gazetteer over the model, place names under it
+FOLD_CACHE = "fold_predictions.json"
+
+
+def _pooled(pairs: list[tuple[PreparedDoc, list]]) -> dict:
+    return entity_scores([d.spans for d, _ in pairs], [p for _, p in pairs], [len(d.norm.text) for d, _ in pairs])
+
+
+def _baseline_preds(names, train_docs, test_docs) -> dict[str, list[list]]:
+    out = {}
+    for name in names:
+        tagger = make_baseline(name, train_docs)
+        out[name] = [tagger.tag(d.norm.text) for d in test_docs]
+    return out
+
+
+def eval_layers(cfg: Any) -> list[str]:
+    """The span layers scored (the ``model+lexicons`` row): ``infer.layers`` when set, else what a
+    model trained with this config saves (``train.layers``)."""
+    layers = cfg.infer.get("layers")
+    return [str(x) for x in parse_layers(layers if layers is not None else cfg.train.layers)]
+
+
+def cv_folds(cfg: Any, doc_ids: list[str]) -> list[tuple[list[str], list[str]]]:
+    """The cross-validation folds: ``eval.folds`` (these articles left out one at a time), else
+    ``eval.k`` grouped folds by article, else (``eval.k=0``) leave-one-article-out."""
+    if cfg.eval.folds:
+        return leave_one_out(doc_ids, list(cfg.eval.folds))
+    if not cfg.eval.k:
+        return leave_one_out(doc_ids)
+    return grouped_folds(doc_ids, int(cfg.eval.k), int(cfg.seed))
+
+
+def fold_model_spans(cfg: Any, docs: list, tokenizer, train_ids: list[str], test_ids: list[str],
+                     fold_dir: Path) -> dict[str, list]:
+    """The model's spans on a fold's test articles, trained on its train articles. Cached in the
+    fold folder under a key of the run settings and the split: an interrupted cross-validation
+    resumes at the fold it stopped in, and inference-only ablations (``infer.*``) never retrain."""
+    settings = run_settings(cfg)
+    if not cfg.train.lexicon_features:  # then the gazetteer is only an output layer, built afresh (fold_gazetteer)
+        settings["train"].pop("gazetteer", None)
+    key = settings_key({"settings": settings, "max_steps": cfg.train.max_steps, "train": sorted(train_ids),
+                        "test": sorted(test_ids)}, 64)
+    cache = fold_dir / FOLD_CACHE
+    if cache.exists():
+        rec = json.loads(cache.read_text(encoding="utf-8"))
+        if rec.get("key") == key:
+            log.info("fold %s: reusing the model's spans from %s", fold_dir.name, cache)
+            return {d: [tuple(x) for x in spans] for d, spans in rec["spans"].items()}
+    shutil.rmtree(fold_dir, ignore_errors=True)  # every fold is trained afresh
+    data = prepare_docs(docs, tokenizer, {"train": train_ids, "heldout": test_ids},
+                        bio_label_names(cfg.data.labels), cfg.data.max_length, cfg.data.stride)
+    result = train_on(data, cfg, fold_dir, tokenizer)
+    spans = {d: [list(x) for x in result.predictions[d].norm_spans] for d in test_ids}
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "spans": spans}, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(cache)
+    return {d: [tuple(x) for x in v] for d, v in spans.items()}
+
+
+def _all_docs(cfg: Any) -> tuple[list, Any, dict[str, PreparedDoc]]:
+    """The annotated documents, the model's tokenizer, and every document prepared (for scoring)."""
+    docs = load_docs(cfg)
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    prepared = prepare_docs(docs, tokenizer, {"train": [d.doc_id for d in docs]}, bio_label_names(cfg.data.labels),
+                            cfg.data.max_length, cfg.data.stride).docs
+    return docs, tokenizer, prepared
+
+
+def fold_layers(cfg: Any, train_docs: list[PreparedDoc], test_docs: list[PreparedDoc]) -> SpanLayers:
+    """The span layers of a fold's model (:func:`eval_layers`), with the gazetteer it would be saved
+    with (``train.gazetteer`` over its training articles, guideline terms found in the test articles
+    withheld), built afresh so that changing its settings re-scores cached folds instead of
+    retraining them."""
+    layers = parse_layers(eval_layers(cfg))
+    guideline = guideline_from_config(cfg)
+    gazetteer = None
+    if any(layer.name == "gazetteer" for layer in layers):
+        gazetteer = build_gazetteer(train_docs, cfg.train.gazetteer, guideline, [d.norm.text for d in test_docs])
+    return SpanLayers(layers, gazetteer, guideline=guideline)
+
+
+def cross_validate(cfg: Any) -> dict[str, Any]:
+    """Cross-validation by article (``cv_folds``): train on the other articles, score the held-out
+    ones with the model alone, with what ``predict.py`` outputs, and with the baselines."""
+    out = Path(cfg.eval.output_dir)
+    docs, tokenizer, prepared = _all_docs(cfg)
+    ids = [d.doc_id for d in docs]
+    per_system: dict[str, list[tuple[PreparedDoc, list]]] = {}
+    fold_scores: dict[str, list[dict]] = {}
+    errors: dict[str, dict] = {MODEL: {}, GAZ: {}}  # per system: doc_id -> error cases
+    t0 = time.time()
+    folds = cv_folds(cfg, ids)
+    for k, (train_ids, test_ids) in enumerate(folds):
+        log.info("fold %d/%d: held out %s", k + 1, len(folds), ", ".join(test_ids))
+        fold_dir = out / "folds" / (test_ids[0] if len(test_ids) == 1 else f"fold{k + 1}-of-{len(folds)}")
+        model_spans = fold_model_spans(cfg, docs, tokenizer, train_ids, test_ids, fold_dir)
+        test_docs = [prepared[i] for i in test_ids]
+        layers = fold_layers(cfg, [prepared[i] for i in train_ids], test_docs)
+        preds = {MODEL: [model_spans[i] for i in test_ids]}
+        preds[GAZ] = [layers(d.norm.text, p) for d, p in zip(test_docs, preds[MODEL])]
+        preds.update(_baseline_preds(cfg.eval.baselines, [prepared[i] for i in train_ids], test_docs))
+        for name, p in preds.items():
+            per_system.setdefault(name, []).extend(zip(test_docs, p))
+            fold_scores.setdefault(name, []).append(entity_scores([d.spans for d in test_docs], p,
+                                                                  [len(d.norm.text) for d in test_docs]))
+        for name, table in errors.items():
+            for d, p in zip(test_docs, preds[name]):
+                table[d.doc_id] = error_cases(d.norm.text, d.spans, p)
+    scheme = (f"leave-one-article-out over {len(folds)} article(s)" if cfg.eval.folds or not cfg.eval.k
+              else f"{len(folds)}-fold cross-validation by article (seed {cfg.seed})")
+    return _report(cfg, out, per_system, fold_scores, errors, mode=scheme, seconds=time.time() - t0,
+                   sources={d.doc_id: d.source for d in docs})
+
+
+def learning_curve(cfg: Any) -> dict[str, Any]:
+    """F1 per label (model alone and output) against the number of training articles, on the fixed
+    ``eval.k`` grouped folds: each fold trains on nested subsets (a seeded order of its training
+    articles, the first n of them) of the sizes in ``eval.curve_sizes``. Writes curve.md/.json/.png."""
+    import random
+
+    out = Path(cfg.eval.output_dir)
+    docs, tokenizer, prepared = _all_docs(cfg)
+    ids = [d.doc_id for d in docs]
+    folds = grouped_folds(ids, int(cfg.eval.k), int(cfg.seed))
+    labels = list(cfg.data.labels)
+    rows: list[dict] = []
+    t0 = time.time()
+    for size in cfg.eval.curve_sizes:
+        pairs: dict[str, list] = {MODEL: [], GAZ: []}
+        used = []
+        for k, (train_ids, test_ids) in enumerate(folds):
+            order = sorted(train_ids)
+            random.Random(cfg.seed).shuffle(order)
+            subset = order[: min(int(size), len(order))] if size != "all" else order
+            used.append(len(subset))
+            log.info("curve: %d training articles, fold %d/%d", len(subset), k + 1, len(folds))
+            fold_dir = out / "curve" / f"n{size}" / f"fold{k + 1}"
+            spans = fold_model_spans(cfg, docs, tokenizer, subset, test_ids, fold_dir)
+            layers = fold_layers(cfg, [prepared[i] for i in subset], [prepared[i] for i in test_ids])
+            for i in test_ids:
+                d = prepared[i]
+                pairs[MODEL].append((d, spans[i]))
+                pairs[GAZ].append((d, layers(d.norm.text, spans[i])))
+        rows.append({"train_docs": round(sum(used) / len(used), 1), "size": size,
+                     **{name: _pooled(p) for name, p in pairs.items()}})
+    results = {"mode": f"learning curve on {len(folds)} fixed folds by article (seed {cfg.seed})",
+               "seconds": round(time.time() - t0, 1), "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "curve.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    head = "| training articles | " + " | ".join(f"{n} {c}" for n in (MODEL, "output") for c in [*labels, "all"]) + " |"
+    md = [f"# Learning curve: {results['mode']}", "", head, "|---|" + "---|" * (2 * len(labels) + 2)]
+    for r in rows:
+        md.append(f"| {r['train_docs']:g} | " + " | ".join(f"{r[n].get(c, {}).get('f1', 0):.2f}" for n in (MODEL, GAZ)
+                                                            for c in [*labels, "micro"]) + " |")
+    (out / "curve.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    _plot_curve(rows, [*labels, "micro"], out / "curve.png")
+    return results
+
+
+def _plot_curve(rows: list[dict], labels: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    x = [r["train_docs"] for r in rows]
+    for ax, (name, title) in zip(axes, ((MODEL, "model alone"), (GAZ, "output (model + lexicon layers)"))):
+        for lab in labels:
+            ax.plot(x, [r[name].get(lab, {}).get("f1", 0) for r in rows], marker="o", label="all" if lab == "micro" else lab)
+        ax.set_title(title)
+        ax.set_xlabel("training articles")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("entity F1 (strict)")
+    axes[0].set_ylim(0, 1)
+    axes[1].legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def evaluate_heldout(cfg: Any) -> dict[str, Any]:
+    """Score a trained model folder (``eval.model_dir``) on ``data.heldout`` articles."""
+    if not cfg.data.heldout:
+        raise ValueError("eval.mode=heldout needs data.heldout=[doc_id,...]")
+    out = Path(cfg.eval.output_dir)
+    docs = load_docs(cfg)
+    trained = Path(cfg.eval.model_dir) / "metrics.json"
+    seen = set(json.loads(trained.read_text()).get("train_docs", [])) if trained.exists() else set()
+    if seen & set(cfg.data.heldout):
+        log.warning("%s was trained on held-out article(s) %s (and its gazetteer holds their mentions): the scores "
+                    "below are not held-out scores; train with data.heldout=[...] first", cfg.eval.model_dir,
+                    ", ".join(sorted(seen & set(cfg.data.heldout))))
+    # the backend scripts/predict.py uses (infer.backend, infer.precision): the scores are of what users get
+    predictor = Predictor.from_config(cfg.eval.model_dir, cfg, layers=[], max_length=cfg.data.max_length,
+                                      stride=cfg.data.stride)
+    log.info("held-out evaluation on %s (infer.backend=%s)", predictor.precision, cfg.infer.backend)
+    splits = split_docs([d.doc_id for d in docs], cfg.data.heldout, cfg.data.dev)
+    data = prepare_docs(docs, predictor.tokenizer, splits, bio_label_names(cfg.data.labels), cfg.data.max_length, cfg.data.stride)
+    test_docs = [data.docs[i] for i in splits["heldout"]]
+    t0 = time.time()
+    preds = {MODEL: [p.norm_spans for p in predictor.predict_norm([d.norm for d in test_docs])]}
+    layers = SpanLayers.build(resolve_layers(cfg.infer.get("layers"), cfg.eval.model_dir),
+                              predictor.layers.guideline, Path(cfg.eval.model_dir) / GAZETTEER_FILE)
+    preds[GAZ] = [layers(d.norm.text, p) for p, d in zip(preds[MODEL], test_docs)]
+    preds.update(_baseline_preds(cfg.eval.baselines, [data.docs[i] for i in splits["train"]], test_docs))
+    per_system = {n: list(zip(test_docs, p)) for n, p in preds.items()}
+    fold_scores = {n: [entity_scores([d.spans], [q], [len(d.norm.text)]) for d, q in zip(test_docs, p)] for n, p in preds.items()}
+    errors = {name: {d.doc_id: error_cases(d.norm.text, d.spans, p) for d, p in zip(test_docs, preds[name])}
+              for name in (MODEL, GAZ)}
+    return _report(cfg, out, per_system, fold_scores, errors, mode=f"held-out articles, model {cfg.eval.model_dir}",
+                   layer_names=layers.names,
+                   seconds=time.time() - t0, sources={d.doc_id: d.source for d in docs})
+
+
+def _report(cfg, out: Path, per_system, fold_scores, errors, mode: str, seconds: float,
+            sources: dict[str, str] | None = None, layer_names: list[str] | None = None) -> dict[str, Any]:
+    labels = list(cfg.data.labels)
+    micro = {name: _pooled(pairs) for name, pairs in per_system.items()}
+    spread = {name: mean_sd(fs, labels) for name, fs in fold_scores.items()}
+    layer_names = eval_layers(cfg) if layer_names is None else layer_names
+    results = {"mode": mode, "command": command_line(), "model": str(cfg.model.name_or_path), "span_layers": layer_names,
+               "documents": [d.doc_id for d, _ in per_system[MODEL]], "seconds": round(seconds, 1),
+               "micro": micro, "per_document_f1": spread}
+    subsets = {}
+    for name, prefix in (cfg.eval.get("subsets") or {}).items():  # e.g. the documents no rule was written from
+        picked = {n: [(d, p) for d, p in pairs if (sources or {}).get(d.doc_id, "").startswith(prefix)]
+                  for n, pairs in per_system.items()}
+        if picked[MODEL]:
+            subsets[name] = {"documents": len(picked[MODEL]), "micro": {n: _pooled(p) for n, p in picked.items()}}
+    results["subsets"] = subsets
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    md = [f"# Evaluation: {mode}", "", f"Command: `{results['command']}`", "",
+          "Entity-level (strict, exact span and label), pooled over all held-out articles:", "",
+          scores_table(micro, labels), "", "F1 mean ± sd over articles:", "",
+          "| system | " + " | ".join([*labels, "micro"]) + " |", "|---|" + "---|" * (len(labels) + 1)]
+    for name, s in spread.items():
+        md.append(f"| {name} | " + " | ".join(f"{s[c]['f1_mean']:.2f} ± {s[c]['f1_sd']:.2f}" if c in s else "–"
+                                              for c in [*labels, "micro"]) + " |")
+    for name, sub in subsets.items():
+        md += ["", f"Pooled over the {sub['documents']} `{name}` documents (source under "
+               f"`{cfg.eval.subsets[name]}`) alone:", "", scores_table(sub["micro"], labels)]
+    md += ["", f"`{GAZ}`: what `scripts/predict.py` outputs with the span layers {', '.join(layer_names) or 'none'} "
+           f"(`infer.layers`, default `train.layers`): the gazetteer saved with "
+           "the model (training mentions; guideline terms, withheld where they occur in a held-out article; quoted "
+           "formulas and measure phrases) over the model's spans, administrative place names under them, "
+           "one-character place abbreviations. Baselines have no POLICY label. THULAC is under a research-use "
+           "licence.", ""]
+    (out / "results.md").write_text("\n".join(md), encoding="utf-8")
+    write_error_report(errors[MODEL], out, title=f"Model errors ({mode})")
+    write_error_report(errors[GAZ], out, title=f"Errors of the output, {GAZ} ({mode})", stem="errors-output")
+    return results
+
+
+def evaluate(cfg: Any) -> tuple[dict[str, Any], Path]:
+    """Dispatch on ``eval.mode`` (``cv`` or ``heldout``); returns results and the output folder."""
+    check_guideline_labels(cfg)
+    if cfg.eval.mode == "cv":
+        return cross_validate(cfg), Path(cfg.eval.output_dir)
+    if cfg.eval.mode == "heldout":
+        return evaluate_heldout(cfg), Path(cfg.eval.output_dir)
+    if cfg.eval.mode == "curve":
+        return learning_curve(cfg), Path(cfg.eval.output_dir)
+    raise ValueError(f"eval.mode must be cv, heldout or curve, got {cfg.eval.mode!r}")
