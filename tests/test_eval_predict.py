@@ -164,6 +164,13 @@ def test_cv_resumes_from_fold_cache_and_inference_ablations_do_not_retrain(tiny_
     assert weights[0].stat().st_mtime_ns == stamps[0] and weights[1].stat().st_mtime_ns != stamps[1]
     evaluate(tiny_cfg(*base, "train.lr=1e-3"))                     # a training setting: every fold retrains
     assert weights[0].stat().st_mtime_ns != stamps[0]
+    # the guideline (tidying, lexicon features) and the decoding shape the cached spans: they retrain too
+    changes = ["train.lr=1e-3"]
+    for change in ("guideline.names.speech_verbs=['强调']", "infer.decode=argmax"):  # one more each time
+        stamp = weights[0].stat().st_mtime_ns
+        changes.append(change)
+        evaluate(tiny_cfg(*base, *changes))
+        assert weights[0].stat().st_mtime_ns != stamp, change
 
 
 def test_learning_curve_on_three_documents(tiny_cfg, tmp_path):

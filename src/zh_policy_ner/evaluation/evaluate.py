@@ -61,12 +61,14 @@ def fold_model_spans(cfg: Any, docs: list, tokenizer, train_ids: list[str], test
                      fold_dir: Path) -> dict[str, list]:
     """The model's spans on a fold's test articles, trained on its train articles. Cached in the
     fold folder under a key of the run settings and the split: an interrupted cross-validation
-    resumes at the fold it stopped in, and inference-only ablations (``infer.*``) never retrain."""
+    resumes at the fold it stopped in, and inference-only ablations (``infer.layers``) never
+    retrain; the guideline (tidying, lexicon features) and ``infer.decode`` shape the cached spans,
+    so they are part of the key."""
     settings = run_settings(cfg)
     if not cfg.train.lexicon_features:  # then the gazetteer is only an output layer, built afresh (fold_gazetteer)
         settings["train"].pop("gazetteer", None)
-    key = settings_key({"settings": settings, "max_steps": cfg.train.max_steps, "train": sorted(train_ids),
-                        "test": sorted(test_ids)}, 64)
+    key = settings_key({"settings": settings, "max_steps": cfg.train.max_steps, "decode": cfg.infer.decode,
+                        "train": sorted(train_ids), "test": sorted(test_ids)}, 64)
     cache = fold_dir / FOLD_CACHE
     if cache.exists():
         rec = json.loads(cache.read_text(encoding="utf-8"))

@@ -76,6 +76,7 @@ class Guideline:
     not_measure = cached_property(lambda self: self._pattern("measure_phrases", "not_measure"))
     # PER
     speech_verbs = cached_property(lambda self: tuple(self._get("names", "speech_verbs")))
+    straddling = cached_property(lambda self: {v: frozenset(c) for v, c in self._get("names", "straddling", {}).items()})
     # LOC
     ambiguous_places = cached_property(lambda self: frozenset(self._get("places", "ambiguous")))
     province_abbreviations = cached_property(lambda self: frozenset(self._get("places", "province_abbreviations", "")))

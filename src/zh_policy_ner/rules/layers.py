@@ -90,24 +90,25 @@ def tidy_spans(text: str, spans: Sequence[NormSpan], guideline: Guideline) -> li
     LOC across whitespace (split there), a name never includes the speech verb after it
     (李友传达 -> 李友, 王凯强|调 -> 王凯; ``names.speech_verbs``), and a one-character PER (a surname
     alone) is dropped. PER and LOC are the labels of the guideline's ``names`` and ``places``."""
-    PER, LOC = guideline.label("names"), guideline.label("places")
+    per, loc = guideline.label("names"), guideline.label("places")
     pieces = []
     for s, e, lab in spans:  # a name or place never spans whitespace: 长春 江城 are two places
         cut = [s] + [i for i in range(s + 1, e) if text[i].isspace() != text[i - 1].isspace()] + [e]
-        pieces += [(a, b, lab) for a, b in zip(cut, cut[1:])] if lab in (PER, LOC) else [(s, e, lab)]
+        pieces += [(a, b, lab) for a, b in zip(cut, cut[1:])] if lab in (per, loc) else [(s, e, lab)]
     out = []
     for s, e, lab in pieces:
         while s < e and is_edge_junk(text[s]):
             s += 1
         while e > s and is_edge_junk(text[e - 1]):
             e -= 1
-        if lab == PER:
+        if lab == per:
             for verb in guideline.speech_verbs:
                 if e - s > len(verb) + 1 and text[s:e].endswith(verb):
                     e -= len(verb)
-            # 王凯[强]调: 强调 straddles the end of a three-character name (not 刘国强调研, 调研 "inspects")
-            if e - s > 2 and text[e - 1 : e + 1] == "强调" and text[e + 1 : e + 2] != "研":
-                e -= 1
+            # 王凯[强]调: a speech verb straddles the end of a three-character name (``names.straddling``)
+            for verb, not_before in guideline.straddling.items():
+                if e - s > 2 and text.startswith(verb, e - 1) and text[e - 1 + len(verb) : e + len(verb)] not in not_before:
+                    e -= 1
             if e - s < 2:
                 continue
         if e > s and not QUOTE_MARKS & set(text[s:e]):

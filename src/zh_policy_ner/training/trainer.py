@@ -186,7 +186,7 @@ def weighted_loss(id2label: dict, label_weights: dict[str, float]):
     return loss
 
 
-RUN_KEYS = ("model", "data", "train", "seed")  # what a resumed run must share with the checkpoint's run
+RUN_KEYS = ("model", "data", "guideline", "train", "seed")  # what a resumed run must share with the checkpoint's run
 # settings that say where and how a run goes, not what it learns: left out of every cache key
 RUN_IGNORE = {"train": ("output_dir", "resume", "max_steps", "disable_tqdm", "logging_steps", "save_steps",
                         "save_total_limit", "num_threads", "export_onnx", "layers"),  # layers: saved, not learnt
@@ -195,7 +195,7 @@ RUN_IGNORE = {"train": ("output_dir", "resume", "max_steps", "disable_tqdm", "lo
 
 def run_settings(cfg: Any, keys: tuple[str, ...] = RUN_KEYS) -> dict:
     """The settings that decide what a training run learns (``keys`` of the resolved config:
-    model, data, train, seed), without :data:`RUN_IGNORE` (where and how it runs, and
+    model, data, guideline, train, seed), without :data:`RUN_IGNORE` (where and how it runs, and
     ``train.max_steps``: a resumed run may extend it)."""
     from omegaconf import OmegaConf
 
