@@ -81,8 +81,15 @@ def test_a_broken_guideline_names_the_file_and_the_rule(tmp_path):
         load_guideline(_variant(tmp_path, lambda d: d["names"].pop("label")))
     with pytest.raises(ValueError, match="measure_phrases: heads missing or empty"):
         load_guideline(_variant(tmp_path, lambda d: d["measure_phrases"].update(heads=[])))
-    with pytest.raises(UsageError, match="configs/guideline/zh_policy.yaml: formulas.not_formula"):
+    with pytest.raises(UsageError, match="formulas.not_formula"):
         guideline_from_config(compose("guideline.formulas.not_formula='(x'"))
+    # kinds and names are checked: a word list given as a string, a typo, a number that is not one
+    for override, message in (("guideline.names.speech_verbs='强调'", "names.speech_verbs must be a list of words"),
+                              ("+guideline.place={label: LOC}", "unknown rule 'place'"),
+                              ("+guideline.places.ambigous=['东方']", "places.ambigous is not a setting of places"),
+                              ("guideline.formulas.min_length=abc", "formulas.min_length must be an integer")):
+        with pytest.raises(UsageError, match=message):
+            guideline_from_config(compose(override))
 
 
 def test_the_model_saves_its_guideline_and_prediction_runs_it(tiny_model_dir, tmp_path, guideline):

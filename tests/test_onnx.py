@@ -13,6 +13,8 @@ pytest.importorskip("onnx", reason="onnx is not installed: the ONNX export needs
 from zh_policy_ner.model import onnx_backend  # noqa: E402
 from zh_policy_ner.data.dataset import encode_windows  # noqa: E402
 from zh_policy_ner.decoding.inference import Predictor  # noqa: E402
+from zh_policy_ner.rules.guideline import saved_guideline  # noqa: E402
+from zh_policy_ner.rules.layers import SpanLayers  # noqa: E402
 
 from .conftest import ROOT, compose, tiny_config  # noqa: E402
 
@@ -157,7 +159,8 @@ def test_torch_backend_is_unchanged(trained_dir, tmp_path):
     run_predict(compose(f"infer.model_dir={trained_dir}", f"infer.input={inputs}", f"infer.output={out}",
                         "infer.max_length=64", "infer.stride=16", "infer.backend=torch", "infer.reports=false",
                         "infer.layers=[]"))
-    direct = Predictor(AutoModelForTokenClassification.from_pretrained(trained_dir), load_tokenizer(trained_dir), **WINDOW)
+    direct = Predictor(AutoModelForTokenClassification.from_pretrained(trained_dir), load_tokenizer(trained_dir), **WINDOW,
+                       layers=SpanLayers(guideline=saved_guideline(trained_dir)))  # tidied like predict.py
     assert direct.runner is None
     with RunOutput(tmp_path / "direct.jsonl", {}) as run:
         ref = predict_files(direct, inputs, run, progress=False).output

@@ -86,7 +86,7 @@ class SelfTrainingConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = MISSING
-    epochs: int = MISSING
+    epochs: int = MISSING              # whole epochs (train.max_steps caps the steps)
     max_steps: int = MISSING
     batch_size: int = MISSING
     lr: float = MISSING
@@ -125,7 +125,7 @@ class EvalConfig:
     curve_sizes: List[Any] = MISSING   # numbers of training articles, or "all"
     baselines: List[str] = MISSING
     output_dir: str = MISSING
-    subsets: Dict[str, str] = MISSING
+    subsets: Optional[Dict[str, str]] = MISSING
 
 
 @dataclass
@@ -135,7 +135,7 @@ class RayConfig:
     cpus_per_worker: float = MISSING
     gpus_per_worker: float = MISSING
     batch_files: int = MISSING
-    split_lines: int = MISSING
+    split_lines: Optional[int] = MISSING
 
 
 @dataclass
@@ -215,7 +215,7 @@ class PretrainConfig:
     resume: bool = MISSING
     output_dir: str = MISSING
     export_dir: Optional[str] = MISSING
-    export_dropout: float = MISSING
+    export_dropout: Optional[float] = MISSING
     seed: int = MISSING
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..rules.baselines import make_baseline
 from ..data.dataset import PreparedDoc, bio_label_names, grouped_folds, leave_one_out, load_docs, prepare_docs, split_docs
-from ..rules.guideline import check_guideline_labels, guideline_from_config
+from ..rules.guideline import check_guideline_labels, guideline_from_config, saved_guideline
 from ..decoding.inference import Predictor
 from ..rules.layers import GAZETTEER_FILE, SpanLayers, parse_layers, resolve_layers
 from ..rules.lexicon import build_gazetteer
@@ -284,7 +284,10 @@ def _report(cfg, out: Path, per_system, fold_scores, errors, mode: str, seconds:
 
 def evaluate(cfg: Any) -> tuple[dict[str, Any], Path]:
     """Dispatch on ``eval.mode`` (``cv`` or ``heldout``); returns results and the output folder."""
-    check_guideline_labels(cfg)
+    if cfg.eval.mode == "heldout":  # the model runs the guideline saved with it
+        check_guideline_labels(cfg, saved_guideline(cfg.eval.model_dir, guideline_from_config(cfg)))
+    else:
+        check_guideline_labels(cfg)
     if cfg.eval.mode == "cv":
         return cross_validate(cfg), Path(cfg.eval.output_dir)
     if cfg.eval.mode == "heldout":

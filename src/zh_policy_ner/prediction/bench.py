@@ -55,14 +55,15 @@ def _worker(system: str, model_dir: str, texts_file: str, max_length: int, strid
         for i, out in enumerate(ner(texts, batch_size=batch_size)):
             spans += [(i, int(e["start"]), int(e["end"]), e["entity_group"]) for e in out]
     else:
-        from ..rules.guideline import load_guideline
+        from ..rules.guideline import GUIDELINE_FILE, load_guideline
         from ..decoding.inference import Predictor
 
         backend, _, precision = system.partition(":")
         predictor = Predictor.from_pretrained(model_dir, max_length=max_length, stride=stride, batch_size=batch_size,
                                               precision=precision or "auto", layers=[],
                                               backend="onnx" if backend == "onnx" else "torch", num_threads=threads,
-                                              guideline=load_guideline(PROJECT_GUIDELINE))  # for folders saved without one
+                                              guideline=None if (Path(model_dir) / GUIDELINE_FILE).exists()
+                                              else load_guideline(PROJECT_GUIDELINE))  # for folders saved without one
         ready = time.time()
         extra["ran"] = predictor.precision
         for k in range(0, len(texts), 256):

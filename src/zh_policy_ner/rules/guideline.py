@@ -1,6 +1,6 @@
 """The labelling guideline as data: the word lists and patterns of the rules (the ``guideline``
 config group, ``configs/guideline/<name>.yaml``), compiled once into what the rules use
-(:mod:`zh_policy_ner.rules.lexicon`, the span tidying of :mod:`zh_policy_ner.decoding.inference`, :mod:`zh_policy_ner.training.train.silver`).
+(:mod:`zh_policy_ner.rules.lexicon`, the span tidying of :mod:`zh_policy_ner.rules.layers`, :mod:`zh_policy_ner.training.silver`).
 
 A trained model saves the guideline it was trained with (``guideline.yaml`` in its folder), so that
 prediction and evaluation run its very rules, whatever the configs say later. Each rule names the
@@ -21,9 +21,28 @@ import yaml
 from ..common.cli import UsageError
 
 GUIDELINE_FILE = "guideline.yaml"  # saved with a trained model
-RULES = ("formulas", "measure_phrases", "names", "places", "silver")  # what a guideline file may hold
-LABELLED = ("formulas", "measure_phrases", "names", "places")          # the rules that output a label
+# what a guideline file may hold: per rule, its keys and their kinds ("words": a list of strings,
+# "chars": a string of characters, "pattern": a regular expression, "map": word -> characters)
+SPEC: dict[str, dict[str, str]] = {
+    "formulas": {"label": "str", "numerals": "chars", "min_length": "int", "not_formula": "pattern", "not_before": "words"},
+    "measure_phrases": {"label": "str", "verbs": "words", "degree": "words", "heads": "words", "ends": "words",
+                        "leads": "words", "not_measure": "pattern"},
+    "names": {"label": "str", "speech_verbs": "words", "straddling": "map"},
+    "places": {"label": "str", "ambiguous": "words", "province_abbreviations": "chars", "not_abbreviation": "chars",
+               "abbreviation": "pattern"},
+    "silver": {"domain_words": "words"},
+}
+RULES = tuple(SPEC)
+LABELLED = ("formulas", "measure_phrases", "names", "places")  # the rules that output a label
+_KINDS = {"str": lambda v: isinstance(v, str) and bool(v), "chars": lambda v: isinstance(v, str),
+          "pattern": lambda v: isinstance(v, str), "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "words": lambda v: isinstance(v, list) and all(isinstance(w, str) and w for w in v),
+          "map": lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(c, str) for k, c in v.items())}
 _PATTERNS = (("formulas", "not_formula"), ("measure_phrases", "not_measure"), ("places", "abbreviation"))
+
+
+_DESCRIBE = {"str": "a non-empty string", "chars": "a string of characters", "pattern": "a regular expression",
+             "int": "an integer", "words": "a list of words (strings)", "map": "a mapping of words to characters"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,8 +122,24 @@ class Guideline:
         return re.compile(rf"^(?:{'|'.join([*mp['verbs'], *mp['degree'], *mp['leads']])})+")
 
     def check(self) -> "Guideline":
-        """Every rule present with a label, every list and pattern usable; a problem raises
-        ``ValueError`` naming the source and the rule."""
+        """Only the rules and keys of :data:`SPEC`, each of its kind (a word list is a list of
+        strings: ``speech_verbs: 强调`` is refused, not read as two characters), every labelled rule
+        with its label, every pattern compiling; a problem raises ``ValueError`` naming the source
+        and the rule."""
+        for rule, body in self.data.items():
+            if rule == "name":
+                continue
+            if rule not in SPEC:
+                raise ValueError(f"{self.source}: unknown rule {rule!r}: a guideline holds {', '.join(SPEC)} (and name)")
+            if not isinstance(body, dict):
+                raise ValueError(f"{self.source}: rule {rule!r} is not a mapping of its settings")
+            for key, value in body.items():
+                kind = SPEC[rule].get(key)
+                if kind is None:
+                    raise ValueError(f"{self.source}: {rule}.{key} is not a setting of {rule} "
+                                     f"(it has {', '.join(SPEC[rule])})")
+                if not _KINDS[kind](value):
+                    raise ValueError(f"{self.source}: {rule}.{key} must be {_DESCRIBE[kind]}, got {value!r}")
         for rule in LABELLED:
             if rule in self.data and not (self.has(rule) and self.data[rule].get("label")):
                 raise ValueError(f"{self.source}: rule {rule!r} names no label")
@@ -152,7 +187,7 @@ def guideline_from_config(cfg: Any) -> Guideline:
 
     node = cfg.get("guideline")
     data = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    source = f"configs/guideline/{data.get('name', 'unnamed')}.yaml"
+    source = f"guideline {data.get('name', 'unnamed')!r} (configs/guideline/)"
     try:
         return _from_key(json.dumps(data, sort_keys=True, ensure_ascii=False), source)
     except ValueError as err:

@@ -41,7 +41,10 @@ def _normalized_news() -> tuple[str, ...]:
 
 
 def _domain_news(min_words: int, words: tuple[str, ...]) -> list[str]:
-    """Normalised iNews articles with at least ``min_words`` of the government-meeting ``words``."""
+    """Normalised iNews articles with at least ``min_words`` of the government-meeting ``words``
+    (every article when the guideline gives no words)."""
+    if not words:
+        return list(_normalized_news())
     return [t for t in _normalized_news() if sum(w in t for w in words) >= min_words]
 
 
@@ -168,8 +171,8 @@ def silver_replay(cfg: Any, tokenizer, label_names: list[str], n_windows: int, g
     cols = build_windows(docs, tokenizer, label_names, cfg.data.max_length, cfg.data.stride)
     rows = range(len(cols["input_ids"]))
     if gazetteer is not None:
-        policy = {i for i, lab in enumerate(label_names) if lab.endswith("-POLICY")}
-        rows = [i for i in rows if policy.intersection(cols["labels"][i])]
+        policy = {i for i, lab in enumerate(label_names) if lab != "O" and lab[2:] not in SILVER_LABELS}
+        rows = [i for i in rows if policy.intersection(cols["labels"][i])]  # a label only the gazetteer gives
     pick = sorted(random.Random(cfg.seed).sample(list(rows), min(n_windows, len(rows))))
     log.info("silver replay: %d of %d windows%s", len(pick), len(rows), " with a POLICY match" if gazetteer else "")
     cols = {k: [v[i] for i in pick] for k, v in cols.items()}

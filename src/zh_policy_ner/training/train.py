@@ -1,8 +1,8 @@
 """The main job: training data (gold, boosters, lexicon features) through the trainer into a model folder.
 
-:func:`train_on` orchestrates: the silver start (:mod:`zh_policy_ner.training.train.silver`), mention swap (:mod:`zh_policy_ner.training.train.augment`),
+:func:`train_on` orchestrates: the silver start (:mod:`zh_policy_ner.training.silver`), mention swap (:mod:`zh_policy_ner.training.augment`),
 silver replay, lexicon features, :func:`~zh_policy_ner.training.trainer.fit`, self-training
-(:mod:`zh_policy_ner.training.train.selftrain`), then the artifacts. Writes a self-contained folder: model + tokenizer (``pipeline("token-classification")`` works on it),
+(:mod:`zh_policy_ner.training.selftrain`), then the artifacts. Writes a self-contained folder: model + tokenizer (``pipeline("token-classification")`` works on it),
 ``label_map.json``, ``resolved_config.yaml``, ``metrics.json`` and what the span pipeline runs
 (``gazetteer.json``, ``layers.json``, ``guideline.yaml``). Checkpoints and resume come from
 Trainer; early stopping when a dev split is configured; torchrun/accelerate for several GPUs.

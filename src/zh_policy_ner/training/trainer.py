@@ -199,7 +199,8 @@ def run_settings(cfg: Any, keys: tuple[str, ...] = RUN_KEYS) -> dict:
     ``train.max_steps``: a resumed run may extend it)."""
     from omegaconf import OmegaConf
 
-    settings = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
+    settings = {k: OmegaConf.to_container(cfg.get(k), resolve=True) if OmegaConf.is_config(cfg.get(k)) else cfg.get(k)
+                for k in keys}
     for group, names in RUN_IGNORE.items():
         for k in names:
             if isinstance(settings.get(group), dict):
