@@ -171,6 +171,15 @@ def test_cv_resumes_from_fold_cache_and_inference_ablations_do_not_retrain(tiny_
         changes.append(change)
         evaluate(tiny_cfg(*base, *changes))
         assert weights[0].stat().st_mtime_ns != stamp, change
+    # a corrected annotation (one span removed) retrains the folds that read the article, here both
+    lines = SEEDS_ANN.read_text(encoding="utf-8").splitlines()
+    first = json.loads(lines[0])
+    first["spans"] = first["spans"][1:]
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text("\n".join([json.dumps(first, ensure_ascii=False), *lines[1:]]) + "\n", encoding="utf-8")
+    stamps = [w.stat().st_mtime_ns for w in weights]
+    evaluate(tiny_cfg(*[o for o in base if not o.startswith("data.annotations")], *changes, f"data.annotations={edited}"))
+    assert all(w.stat().st_mtime_ns != s for w, s in zip(weights, stamps))
 
 
 def test_learning_curve_on_three_documents(tiny_cfg, tmp_path):

@@ -10,17 +10,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..rules.baselines import make_baseline
+from ..common.modeling import load_tokenizer, resolve_model_path
 from ..data.dataset import PreparedDoc, bio_label_names, grouped_folds, leave_one_out, load_docs, prepare_docs, split_docs
-from ..rules.guideline import check_guideline_labels, guideline_from_config, saved_guideline
+from ..data.metrics import entity_scores, error_cases, mean_sd, scores_table, write_error_report
 from ..decoding.inference import Predictor
+from ..labelling.annotations import sha256_bytes
+from ..model.modelcard import command_line
+from ..model.onnx_backend import weights_hash
+from ..rules.baselines import make_baseline
+from ..rules.guideline import check_guideline_labels, guideline_from_config, saved_guideline
 from ..rules.layers import GAZETTEER_FILE, SpanLayers, parse_layers, resolve_layers
 from ..rules.lexicon import build_gazetteer
-from ..data.metrics import entity_scores, error_cases, mean_sd, scores_table, write_error_report
-from ..model.modelcard import command_line
-from ..common.modeling import load_tokenizer
-from ..training.trainer import run_settings, settings_key
 from ..training.train import train_on
+from ..training.trainer import run_settings, settings_key
 
 log = logging.getLogger(__name__)
 MODEL = "model"
@@ -57,18 +59,31 @@ def cv_folds(cfg: Any, doc_ids: list[str]) -> list[tuple[list[str], list[str]]]:
     return grouped_folds(doc_ids, int(cfg.eval.k), int(cfg.seed))
 
 
+def fold_inputs(cfg: Any, docs: list, ids: list[str]) -> dict[str, Any]:
+    """What a fold's training reads besides the settings, by content: the annotation records of its
+    articles (text hash and spans: a corrected label retrains the fold), the guideline terms file
+    and the encoder's weights."""
+    by_id = {d.doc_id: d for d in docs}
+    records = [[i, by_id[i].text_sha256, [[s.start, s.end, s.label] for s in by_id[i].spans]] for i in sorted(ids)]
+    terms = cfg.train.gazetteer.guideline_terms
+    return {"records": settings_key(records, 64),
+            "terms": sha256_bytes(Path(terms).read_bytes()) if terms and Path(terms).exists() else None,
+            "encoder": weights_hash(resolve_model_path(cfg.model.name_or_path))}
+
+
 def fold_model_spans(cfg: Any, docs: list, tokenizer, train_ids: list[str], test_ids: list[str],
                      fold_dir: Path) -> dict[str, list]:
     """The model's spans on a fold's test articles, trained on its train articles. Cached in the
     fold folder under a key of the run settings and the split: an interrupted cross-validation
     resumes at the fold it stopped in, and inference-only ablations (``infer.layers``) never
-    retrain; the guideline (tidying, lexicon features) and ``infer.decode`` shape the cached spans,
-    so they are part of the key."""
+    retrain; the guideline (tidying, lexicon features), ``infer.decode`` and the fold's inputs
+    (:func:`fold_inputs`) shape the cached spans, so they are part of the key."""
     settings = run_settings(cfg)
     if not cfg.train.lexicon_features:  # then the gazetteer is only an output layer, built afresh (fold_gazetteer)
         settings["train"].pop("gazetteer", None)
     key = settings_key({"settings": settings, "max_steps": cfg.train.max_steps, "decode": cfg.infer.decode,
-                        "train": sorted(train_ids), "test": sorted(test_ids)}, 64)
+                        "train": sorted(train_ids), "test": sorted(test_ids),
+                        "inputs": fold_inputs(cfg, docs, train_ids + test_ids)}, 64)
     cache = fold_dir / FOLD_CACHE
     if cache.exists():
         rec = json.loads(cache.read_text(encoding="utf-8"))
