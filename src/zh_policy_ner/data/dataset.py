@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..labelling.annotations import LABELS, AnnotatedDoc, Span, load_annotations
 from ..common.cli import UsageError
 from ..common.modeling import load_tokenizer
+from ..labelling.annotations import LABELS, AnnotatedDoc, Span, load_annotations
 from ..reading.text import Normalized, normalize
 
 IGNORE_INDEX = -100

@@ -15,15 +15,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..labelling.annotations import Span
+from ..common.modeling import load_tokenizer, resolve_model_path, use_bf16
 from ..data.dataset import encode_windows, tags_to_spans
-from .features import LexiconFeatures, feature_labels, window_type_ids
+from ..labelling.annotations import Span
+from ..model.onnx_backend import load_runner, resolve_backend
+from ..reading.text import Normalized, normalize
 from ..rules.guideline import Guideline, guideline_from_config, saved_guideline
 from ..rules.layers import GAZETTEER_FILE, SpanLayers, resolve_layers
 from ..rules.lexicon import DictionaryTagger, place_tagger
-from ..common.modeling import load_tokenizer, resolve_model_path, use_bf16
-from ..model.onnx_backend import load_runner, resolve_backend
-from ..reading.text import Normalized, normalize
+from .features import LexiconFeatures, feature_labels, window_type_ids
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .annotations import LABELS, AnnotatedDoc, Span, load_annotations, sha256_bytes, span_problems, write_annotations
 from ..reading.corpus import RawDoc, iter_documents
 from ..reading.text import DecodeError, decode_bytes, jsonl_records, read_jsonl
+from .annotations import LABELS, AnnotatedDoc, Span, load_annotations, sha256_bytes, span_problems, write_annotations
 
 FORMATS = ("labelstudio", "doccano")
 RULES = ("latest", "first", "ground_truth")

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..reading.corpus import RawDoc, inews_texts, iter_documents
-from .modelcard import write_model_card
 from ..common.modeling import attach_progress, last_complete_checkpoint, resolve_model_path, save_half, use_bf16
+from ..reading.corpus import RawDoc, inews_texts, iter_documents
 from ..reading.text import normalize
+from .modelcard import write_model_card
 from .tokenization import build_vocab, make_tokenizer, unknown_rate
 
 log = logging.getLogger(__name__)

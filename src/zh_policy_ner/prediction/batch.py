@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..labelling.annotations import Span
 from ..common.cli import UsageError
-from ..reading.corpus import DocError, RawDoc, StreamDoc, UniqueIds, appended_ids
 from ..decoding.inference import Predictor
-from .reports import output_paths
+from ..labelling.annotations import Span
+from ..reading.corpus import DocError, RawDoc, StreamDoc, UniqueIds, appended_ids
 from ..reading.text import DecodeError, read_jsonl
+from .reports import output_paths
 
 try:
     import fcntl

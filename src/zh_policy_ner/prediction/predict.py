@@ -27,17 +27,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .batch import Piece, Pieces, PredictSummary, RunOutput, cut_pieces, pending, predict_pieces
 from ..common.cli import UsageError
-from ..reading.corpus import DocError, iter_documents
-from ..rules.guideline import check_guideline_labels, guideline_from_config, saved_guideline
-from ..decoding.inference import Predictor, predictor_settings
-from ..rules.layers import GAZETTEER_FILE, LayerError, check_layers, resolve_layers
 from ..common.modeling import ModelNotAvailable, resolve_model_path
+from ..decoding.inference import Predictor, predictor_settings
 from ..model.onnx_backend import weights_hash
+from ..reading.corpus import DocError, iter_documents
+from ..reading.text import REPORT_ON_ERROR
+from ..rules.guideline import check_guideline_labels, guideline_from_config, saved_guideline
+from ..rules.layers import GAZETTEER_FILE, LayerError, check_layers, resolve_layers
+from .batch import Piece, Pieces, PredictSummary, RunOutput, cut_pieces, pending, predict_pieces
 from .ray_engine import predict_ray
 from .reports import output_paths, write_reports
-from ..reading.text import REPORT_ON_ERROR
 
 log = logging.getLogger(__name__)
 

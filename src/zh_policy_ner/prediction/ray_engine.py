@@ -33,11 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..labelling.annotations import Span
-from .batch import Piece, Pieces, PredictSummary, RunOutput, cut_pieces, pending, predict_pieces
 from ..common.cli import UsageError, set_quiet
-from ..reading.corpus import HTML_SUFFIXES, JSONL_SUFFIXES, TEXT_SUFFIXES, DocError, RawDoc, _doc_id, iter_inputs, read_file
 from ..decoding.inference import Predictor, predictor_settings
+from ..labelling.annotations import Span
+from ..reading.corpus import HTML_SUFFIXES, JSONL_SUFFIXES, TEXT_SUFFIXES, DocError, RawDoc, _doc_id, iter_inputs, read_file
+from .batch import Piece, Pieces, PredictSummary, RunOutput, cut_pieces, pending, predict_pieces
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..labelling.annotations import QUOTE_MARKS, is_edge_junk
 from ..data.dataset import NormSpan
+from ..labelling.annotations import QUOTE_MARKS, is_edge_junk
 from .guideline import Guideline
 from .lexicon import DictionaryTagger, overlay, place_abbreviations, place_tagger, with_places
 

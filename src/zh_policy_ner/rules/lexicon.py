@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data.dataset import NormSpan
-from .guideline import Guideline
 from ..reading.text import normalize
+from .guideline import Guideline
 
 _QUOTED = re.compile(r'“([^“”\n]{2,16})”|「([^「」\n]{2,16})」|‘([^‘’\n]{2,16})’|"([^"\n]{2,16})"')
 _TITLE = re.compile(r"《[^《》\n]*》")

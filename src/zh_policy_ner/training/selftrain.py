@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..reading.corpus import RawDoc, iter_documents
 from ..data.dataset import PreparedDoc, build_windows, to_dataset
 from ..decoding.features import window_type_ids
-from ..rules.guideline import guideline_from_config
 from ..decoding.inference import Predictor
-from ..rules.layers import SpanLayers
+from ..reading.corpus import RawDoc, iter_documents
 from ..reading.text import already_normalized
+from ..rules.guideline import guideline_from_config
+from ..rules.layers import SpanLayers
 
 
 def unlabelled_texts(st: Any) -> list[str]:

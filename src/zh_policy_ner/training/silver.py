@@ -16,18 +16,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..rules.baselines import make_baseline
 from ..common.cli import ignore_sigint
-from ..reading.corpus import RawDoc, inews_texts, iter_documents, read_appended_jsonl
+from ..common.modeling import load_tokenizer, resolve_model_path, save_half
 from ..data.dataset import IGNORE_INDEX, PreparedDoc, bio_label_names, build_windows, load_docs, project_doc, to_dataset
-from ..rules.guideline import Guideline, guideline_from_config
+from ..data.metrics import entity_scores
 from ..decoding.inference import Predictor
+from ..model.modelcard import command_line, write_silver_model_card
+from ..model.onnx_backend import weights_hash
+from ..reading.corpus import RawDoc, inews_texts, iter_documents, read_appended_jsonl
+from ..reading.text import already_normalized, normalize
+from ..rules.baselines import make_baseline
+from ..rules.guideline import Guideline, guideline_from_config
 from ..rules.layers import SpanLayers, parse_layers
 from ..rules.lexicon import overlay
-from ..data.metrics import entity_scores
-from ..model.modelcard import command_line, write_silver_model_card
-from ..common.modeling import load_tokenizer, save_half
-from ..reading.text import already_normalized, normalize
 from .trainer import build_model, fit, run_settings, settings_key
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def silver_model_key(cfg: Any) -> str:
     settings["train"]["silver"]["scraped"] = str(Path(scraped).resolve()) if scraped else None
     settings["model"]["name_or_path"] = str(model.resolve()) if model.exists() else str(model)
     settings["silver_labels"] = list(SILVER_LABELS)
+    settings["encoder_sha256"] = weights_hash(resolve_model_path(cfg.model.name_or_path))  # a re-pretrained folder
     return settings_key(settings, 12)
 
 

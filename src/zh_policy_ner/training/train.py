@@ -16,16 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .augment import mention_pools, mention_swap_docs
+from ..common.modeling import load_tokenizer
 from ..data.dataset import PreparedData, PreparedDoc, build_windows, load_prepared, to_dataset
+from ..data.metrics import entity_scores
 from ..decoding.features import LexiconFeatures, enable_features, window_type_ids
-from ..rules.guideline import Guideline, check_guideline_labels, guideline_from_config
 from ..decoding.inference import GAZETTEER_FILE, Predictor
+from ..model.onnx_backend import export_onnx
+from ..rules.guideline import Guideline, check_guideline_labels, guideline_from_config
 from ..rules.layers import SpanLayers, save_layers
 from ..rules.lexicon import build_gazetteer, place_tagger
-from ..data.metrics import entity_scores
-from ..common.modeling import load_tokenizer
-from ..model.onnx_backend import export_onnx
+from .augment import mention_pools, mention_swap_docs
 from .selftrain import pseudo_labelled
 from .silver import silver_docs, silver_model, silver_replay
 from .trainer import build_model, check_resumable, fit
