@@ -32,13 +32,11 @@ SPEC: dict[str, dict[str, str]] = {
                "abbreviation": "pattern"},
     "silver": {"domain_words": "words"},
 }
-RULES = tuple(SPEC)
 LABELLED = ("formulas", "measure_phrases", "names", "places")  # the rules that output a label
 _KINDS = {"str": lambda v: isinstance(v, str) and bool(v), "chars": lambda v: isinstance(v, str),
           "pattern": lambda v: isinstance(v, str), "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
           "words": lambda v: isinstance(v, list) and all(isinstance(w, str) and w for w in v),
           "map": lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(c, str) for k, c in v.items())}
-_PATTERNS = (("formulas", "not_formula"), ("measure_phrases", "not_measure"), ("places", "abbreviation"))
 
 
 _DESCRIBE = {"str": "a non-empty string", "chars": "a string of characters", "pattern": "a regular expression",
@@ -140,6 +138,11 @@ class Guideline:
                                      f"(it has {', '.join(SPEC[rule])})")
                 if not _KINDS[kind](value):
                     raise ValueError(f"{self.source}: {rule}.{key} must be {_DESCRIBE[kind]}, got {value!r}")
+                if kind == "pattern":
+                    try:
+                        re.compile(value)
+                    except re.error as err:
+                        raise ValueError(f"{self.source}: {rule}.{key}: {err}") from None
         for rule in LABELLED:
             if rule in self.data and not (self.has(rule) and self.data[rule].get("label")):
                 raise ValueError(f"{self.source}: rule {rule!r} names no label")
@@ -147,11 +150,6 @@ class Guideline:
             missing = [k for k in ("verbs", "degree", "heads", "ends", "leads") if not self.data["measure_phrases"].get(k)]
             if missing:
                 raise ValueError(f"{self.source}: measure_phrases: {', '.join(missing)} missing or empty")
-        for rule, key in _PATTERNS:
-            try:
-                self._pattern(rule, key)
-            except re.error as err:
-                raise ValueError(f"{self.source}: {rule}.{key}: {err}") from None
         for name in ("phrase", "phrase_lead"):
             try:
                 getattr(self, name)
