@@ -142,6 +142,8 @@ def test_one_cv_fold_end_to_end(tiny_model_dir, tmp_path):
     # the gazetteer row holds every dictionary match, so it finds at least what the dictionary finds
     assert results["micro"]["model+lexicons"]["micro"]["recall"] >= results["micro"]["dictionary"]["micro"]["recall"] > 0
     assert all((out / f).exists() for f in ("results.md", "errors.md", "errors.json", "errors-output.md", "errors-output.json"))
+    whole = results["gold_whole_words"]  # the held-out article's labels, as whole words of the segmentation
+    assert set(whole) == {"PER", "LOC", "POLICY"} and all(0 < x["whole"] <= x["spans"] for x in whole.values())
     weights = (out / "folds" / SEED_IDS[2] / "model.safetensors").read_bytes()
     # a fold is reproducible: the same fold trained again (random state moved on since) gives the same weights
     torch.manual_seed(123)

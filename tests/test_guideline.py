@@ -68,6 +68,9 @@ def test_labels_are_checked_against_the_data(tmp_path):
     with pytest.raises(ValueError, match="rule formulas outputs MEASURE"):
         check_labels(["PER", "LOC", "POLICY"], g)
     check_labels(["PER", "LOC", "POLICY", "MEASURE"], g)
+    g = load_guideline(_variant(tmp_path, lambda d: d["spans"].update(whole_words=["POLICY", "ORG"])))
+    with pytest.raises(ValueError, match="rule spans.whole_words names ORG"):
+        check_labels(["PER", "LOC", "POLICY"], g)
     from zh_policy_ner.training.train import train
 
     with pytest.raises(UsageError, match="rule formulas outputs POLICY.*data.labels"):

@@ -9,12 +9,20 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
 from zh_policy_ner.data.dataset import bio_label_names
-from zh_policy_ner.decoding.inference import Predictor, allowed_transitions, char_tags_from_tokens, viterbi_bio
+from zh_policy_ner.decoding.inference import (
+    Predictor,
+    SpanConstraints,
+    allowed_transitions,
+    char_tags_from_tokens,
+    viterbi_bio,
+)
+from zh_policy_ner.rules.guideline import Guideline
+from zh_policy_ner.rules.words import whole_word_share, word_boundaries
 from zh_policy_ner.training.silver import silver_docs
 from zh_policy_ner.training.trainer import build_model
 from zh_policy_ner.training.train import train
 
-from .conftest import SEED_IDS, compose, tiny_config
+from .conftest import ROOT, SEED_IDS, compose, tiny_config
 
 
 def tiny_train_cfg(model_dir, out, *extra):
@@ -123,6 +131,94 @@ def test_viterbi_output_is_always_valid_bio(n, seed):
     ok = allowed_transitions(LABELS)
     assert len(path) == n and not LABELS[path[0]].startswith("I-")
     assert all(ok[a, b] for a, b in zip(path, path[1:]))
+
+
+def _tags(probs, constraints=SpanConstraints(), word_starts=None):
+    return [LABELS[i] for i in viterbi_bio(probs, LABELS, constraints, word_starts)]
+
+
+def test_whole_word_spans_end_where_a_word_ends():
+    # 疫苗接种: the model tags 疫苗接 POLICY and 种 O; with 疫苗|接种 as words the span takes 种 too
+    probs = np.full((5, 7), 0.01)
+    probs[0, 0] = 0.9                                                   # 要
+    probs[1, 5], probs[2, 6], probs[3, 6] = 0.9, 0.9, 0.9               # 疫苗接
+    probs[4, 0], probs[4, 6] = 0.6, 0.3                                 # 种
+    starts = np.array([True, True, False, True, False])                 # 要|疫苗|接种
+    assert _tags(probs)[1:] == ["B-POLICY", "I-POLICY", "I-POLICY", "O"]
+    whole = SpanConstraints(whole_words=frozenset({"POLICY"}))
+    assert _tags(probs, whole, starts)[1:] == ["B-POLICY", "I-POLICY", "I-POLICY", "I-POLICY"]
+    # nor does a span start inside a word: 苗接种 becomes 疫苗接种
+    probs = np.full((5, 7), 0.01)
+    probs[0, 0], probs[1, 0], probs[1, 5] = 0.9, 0.7, 0.25               # 要 疫
+    probs[2, 5], probs[2, 6], probs[2, 0] = 0.6, 0.3, 0.05               # 苗
+    probs[3, 6], probs[4, 6] = 0.9, 0.9                                  # 接种
+    assert _tags(probs)[1:] == ["O", "B-POLICY", "I-POLICY", "I-POLICY"]
+    assert _tags(probs, whole, starts)[1:] == ["B-POLICY", "I-POLICY", "I-POLICY", "I-POLICY"]
+
+
+def test_never_adjacent_joins_touching_fragments():
+    # 疫|苗接种 decoded as two measures that touch: one measure when POLICY spans never touch
+    probs = np.full((4, 7), 0.01)
+    probs[0, 5], probs[1, 5], probs[1, 6], probs[2, 6], probs[3, 6] = 0.9, 0.6, 0.35, 0.9, 0.9
+    assert _tags(probs) == ["B-POLICY", "B-POLICY", "I-POLICY", "I-POLICY"]
+    apart = SpanConstraints(never_adjacent=frozenset({"POLICY"}))
+    assert _tags(probs, apart) == ["B-POLICY", "I-POLICY", "I-POLICY", "I-POLICY"]
+    # names may still touch (a list of names without separators: 谭作钧陈绍旺)
+    probs = np.full((4, 7), 0.01)
+    probs[0, 1], probs[1, 2], probs[2, 1], probs[3, 2] = 0.9, 0.9, 0.9, 0.9
+    assert _tags(probs, apart) == ["B-PER", "I-PER", "B-PER", "I-PER"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 30), st.integers(0, 10_000))
+def test_constrained_viterbi_keeps_every_constraint(n, seed):
+    rng = np.random.default_rng(seed)
+    probs, starts = rng.dirichlet(np.ones(7), size=n), rng.random(n) < 0.5
+    starts[0] = True
+    tags = _tags(probs, SpanConstraints(frozenset({"POLICY", "PER"}), frozenset({"POLICY"})), starts)
+    assert not tags[0].startswith("I-")
+    ok = allowed_transitions(LABELS)
+    for k in range(1, n):
+        prev, cur = tags[k - 1], tags[k]
+        assert ok[LABELS.index(prev), LABELS.index(cur)]
+        if prev[2:] == "POLICY":
+            assert cur != "B-POLICY"  # two measures never touch
+        if not starts[k]:  # inside a word: no PER/POLICY span starts or ends here
+            assert not (cur.startswith("B-") and cur[2:] in ("PER", "POLICY"))
+            assert not (prev[2:] in ("PER", "POLICY") and cur != f"I-{prev[2:]}")
+
+
+def test_word_boundaries_follow_jieba():
+    text = "要强化疫苗接种工作"
+    bounds = word_boundaries(text)
+    assert len(bounds) == len(text) + 1 and bounds[0] and bounds[-1]
+    assert bounds[text.index("疫苗")] and bounds[text.index("工作")] and not bounds[text.index("苗")]
+    share = whole_word_share([(text, [(3, 7, "POLICY"), (3, 6, "POLICY"), (1, 3, "PER")])])
+    assert share == {"PER": {"whole": 1, "spans": 1, "share": 1.0}, "POLICY": {"whole": 1, "spans": 2, "share": 0.5}}
+
+
+def test_predicted_measures_and_names_are_whole_words(tiny_model_dir, seed_texts, guideline):
+    """The model's PER and POLICY spans start and end at word boundaries, as the guideline's
+    ``spans`` rule says; with the rule left out a random-head model's spans cut words. (The
+    guideline's other rules are left out: tidying may still cut a span, 提出明确 -> 明确.)"""
+    from zh_policy_ner.common.modeling import load_tokenizer
+    from zh_policy_ner.rules.layers import SpanLayers
+
+    torch.manual_seed(0)
+    model = build_model(str(tiny_model_dir), LABELS)
+    texts = [t[:400] for t in seed_texts]
+
+    def cut_words(rules):
+        predictor = Predictor(model, load_tokenizer(str(tiny_model_dir)), 64, 16, precision="fp32",
+                              layers=SpanLayers(guideline=rules))
+        preds = predictor.predict(texts)
+        spans = [(p.norm.text, s, e) for p in preds for s, e, lab in p.norm_spans if lab != "LOC"]
+        assert len(spans) > 20  # the random head finds many spans
+        return [t[s:e] for t, s, e in spans if not (word_boundaries(t)[s] and word_boundaries(t)[e])]
+
+    assert guideline.whole_words == {"PER", "POLICY"}
+    assert cut_words(Guideline({"spans": guideline.data["spans"]})) == []
+    assert cut_words(Guideline({}))  # the test could fail
 
 
 def test_silver_pass_and_mention_swap(tiny_model_dir, tmp_path, guideline):

@@ -23,6 +23,7 @@ from ..reading.text import Normalized, normalize
 from ..rules.guideline import Guideline, guideline_from_config, saved_guideline
 from ..rules.layers import GAZETTEER_FILE, SpanLayers, resolve_layers
 from ..rules.lexicon import DictionaryTagger, place_tagger
+from ..rules.words import word_boundaries
 from .features import LexiconFeatures, feature_labels, window_type_ids
 
 log = logging.getLogger(__name__)
@@ -51,31 +52,73 @@ def char_tags_from_tokens(length: int, offsets: Sequence[tuple[int, int]], token
     return tags
 
 
-def allowed_transitions(labels: Sequence[str]) -> np.ndarray:
-    """``[i, j]`` is True where tag ``labels[j]`` may follow ``labels[i]`` in BIO (I-X only after B-X or I-X)."""
+def allowed_transitions(labels: Sequence[str], never_adjacent: Iterable[str] = ()) -> np.ndarray:
+    """``[i, j]`` is True where tag ``labels[j]`` may follow ``labels[i]`` in BIO (I-X only after B-X
+    or I-X); for X in ``never_adjacent`` a B-X never follows B-X or I-X (two X spans never touch)."""
+    apart = set(never_adjacent)
     ok = np.ones((len(labels), len(labels)), dtype=bool)
     for j, b in enumerate(labels):
         if b.startswith("I-"):
             ok[:, j] = [a in (f"B-{b[2:]}", b) for a in labels]
+        elif b.startswith("B-") and b[2:] in apart:
+            ok[:, j] = [a[2:] != b[2:] for a in labels]
     return ok
 
 
-def viterbi_bio(probs: np.ndarray, labels: Sequence[str]) -> list[int]:
+def inside_word_transitions(labels: Sequence[str], whole_words: Iterable[str], ok: np.ndarray) -> np.ndarray:
+    """``ok`` narrowed for a token that does not start a word: a span of a label in ``whole_words``
+    neither starts there (no B-X) nor ends just before it (after B-X or I-X only I-X)."""
+    whole = set(whole_words)
+    inside = ok.copy()
+    for j, b in enumerate(labels):
+        if b.startswith("B-") and b[2:] in whole:
+            inside[:, j] = False
+    for i, a in enumerate(labels):
+        if a != "O" and a[2:] in whole:
+            inside[i] &= np.array([b == f"I-{a[2:]}" for b in labels])
+    return inside
+
+
+@dataclass(frozen=True)
+class SpanConstraints:
+    """What a decoded span may be (the guideline's ``spans`` rule): labels whose spans start and end
+    at word boundaries (``whole_words``), labels two of whose spans never touch (``never_adjacent``)."""
+
+    whole_words: frozenset[str] = frozenset()
+    never_adjacent: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, guideline: Guideline) -> "SpanConstraints":
+        return cls(guideline.whole_words, guideline.never_adjacent)
+
+    def transitions(self, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Allowed transitions into a token that starts a word, and into one inside a word."""
+        ok = allowed_transitions(labels, self.never_adjacent)
+        return ok, inside_word_transitions(labels, self.whole_words, ok)
+
+
+def viterbi_bio(probs: np.ndarray, labels: Sequence[str], constraints: SpanConstraints = SpanConstraints(),
+                word_starts: np.ndarray | None = None) -> list[int]:
     """Most probable valid BIO tag sequence (product of per-token probabilities, no I-X without a B-X
-    before it): argmax decoding's fragments such as B-PER O I-PER become one span or none."""
-    return decode_bio([probs], labels)[0].tolist()
+    before it): argmax decoding's fragments such as B-PER O I-PER become one span or none.
+    ``constraints`` narrow what is valid; ``word_starts`` (per token) says where words start."""
+    return decode_bio([probs], labels, constraints, None if word_starts is None else [word_starts])[0].tolist()
 
 
-def decode_bio(seqs: Sequence[np.ndarray], labels: Sequence[str]) -> list[np.ndarray]:
-    """:func:`viterbi_bio` for many sequences at once. Where the argmax sequence is already valid BIO
-    it is the optimum and is kept; the others are decoded together, padded with forced ``O``."""
-    ok = allowed_transitions(labels)
+def decode_bio(seqs: Sequence[np.ndarray], labels: Sequence[str], constraints: SpanConstraints = SpanConstraints(),
+               word_starts: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+    """:func:`viterbi_bio` for many sequences at once (``word_starts``: one boolean array per
+    sequence, ``True`` where a token starts a word; none: every token does). Where the argmax
+    sequence is already valid it is the optimum and is kept; the others are decoded together,
+    padded with forced ``O``."""
+    ok, inside = constraints.transitions(labels)
     may_start = np.array([not lab.startswith("I-") for lab in labels])
+    starts = [np.ones(len(p), dtype=bool) for p in seqs] if word_starts is None else [np.asarray(w, bool) for w in word_starts]
     out: list[np.ndarray | None] = [None] * len(seqs)
     hard = []
     for k, p in enumerate(seqs):
         a = p.argmax(1) if len(p) else np.zeros(0, dtype=np.int64)
-        if len(a) == 0 or (may_start[a[0]] and ok[a[:-1], a[1:]].all()):
+        if len(a) == 0 or (may_start[a[0]] and np.where(starts[k][1:], ok[a[:-1], a[1:]], inside[a[:-1], a[1:]]).all()):
             out[k] = a
         else:
             hard.append(k)
@@ -83,13 +126,16 @@ def decode_bio(seqs: Sequence[np.ndarray], labels: Sequence[str]) -> list[np.nda
         n_lab, width = len(labels), max(len(seqs[k]) for k in hard)
         logp = np.full((len(hard), width, n_lab), -1e9)
         logp[:, :, labels.index("O")] = 0.0  # padding: O, which may follow anything
+        at_start = np.ones((len(hard), width), dtype=bool)
         for r, k in enumerate(hard):
             logp[r, : len(seqs[k])] = np.log(np.clip(seqs[k], 1e-12, None))
-        trans = np.where(ok, 0.0, -1e9)
+            at_start[r, : len(seqs[k])] = starts[k]
+        trans, trans_inside = np.where(ok, 0.0, -1e9), np.where(inside, 0.0, -1e9)
         score = np.where(may_start, 0.0, -1e9) + logp[:, 0]
         back = np.zeros((len(hard), width, n_lab), dtype=np.int64)
         for t in range(1, width):
-            cand = score[:, :, None] + trans  # [seq, previous, next]
+            step = np.where(at_start[:, t, None, None], trans, trans_inside)  # [seq, previous, next]
+            cand = score[:, :, None] + step
             back[:, t] = cand.argmax(1)
             score = np.take_along_axis(cand, back[:, t][:, None, :], 1)[:, 0] + logp[:, t]
         path = np.zeros((len(hard), width), dtype=np.int64)
@@ -160,7 +206,8 @@ class Predictor:
     def __init__(self, model, tokenizer, max_length: int = 256, stride: int = 64, batch_size: int = 32,
                  device: str | None = None, precision: str = "auto", decode: str = "viterbi",
                  layers: SpanLayers | None = None, runner=None, features=None, config=None):
-        """``decode``: ``viterbi`` (best valid BIO sequence) or ``argmax`` (per token). ``layers``: the
+        """``decode``: ``viterbi`` (best valid BIO sequence; the guideline's ``spans`` rule narrows what is
+        valid, :class:`SpanConstraints`) or ``argmax`` (per token). ``layers``: the
         :class:`~zh_policy_ner.rules.layers.SpanLayers` that tidy the model's spans and are laid over them
         (their spans carry no score); none: the bare model, untidied by any guideline. ``precision``: ``fp32``; ``bf16`` (weights cast to bfloat16: 1.4x faster than autocast on
         the 2-core AMX CPU, same spans on the benchmark); ``int8`` (dynamic quantisation of the
@@ -293,7 +340,14 @@ class Predictor:
         probs = self._window_probs(enc["input_ids"], type_ids)
         merged = merge_windows(len(norms), enc["overflow_to_sample_mapping"], enc["offset_mapping"], probs)
         means = [m for _, _, m in merged]
-        paths = decode_bio(means, self.labels) if self.decode == "viterbi" else [m.argmax(1) for m in means]
+        if self.decode == "viterbi":
+            constraints = SpanConstraints.of(self.layers.guideline)
+            word_starts = None
+            if constraints.whole_words:  # a token starts a word where its first character does
+                word_starts = [word_boundaries(n.text)[starts] for n, (starts, _, _) in zip(norms, merged)]
+            paths = decode_bio(means, self.labels, constraints, word_starts)
+        else:
+            paths = [m.argmax(1) for m in means]
         results = []
         for norm, (starts, ends, mean), ids in zip(norms, merged, paths):
             offsets = list(zip(starts.tolist(), ends.tolist()))

@@ -21,6 +21,7 @@ from ..rules.baselines import make_baseline
 from ..rules.guideline import check_guideline_labels, guideline_from_config, saved_guideline
 from ..rules.layers import GAZETTEER_FILE, SpanLayers, parse_layers, resolve_layers
 from ..rules.lexicon import build_gazetteer
+from ..rules.words import whole_word_share
 from ..training.train import train_on
 from ..training.trainer import run_settings, settings_key
 
@@ -273,6 +274,8 @@ def _report(cfg, out: Path, per_system, fold_scores, errors, mode: str, seconds:
         if picked[MODEL]:
             subsets[name] = {"documents": len(picked[MODEL]), "micro": {n: _pooled(p) for n, p in picked.items()}}
     results["subsets"] = subsets
+    # what the guideline's spans.whole_words rule assumes: the labelled spans that are whole words
+    results["gold_whole_words"] = whole_word_share((d.norm.text, d.spans) for d, _ in per_system[MODEL])
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     md = [f"# Evaluation: {mode}", "", f"Command: `{results['command']}`", "",
@@ -285,6 +288,9 @@ def _report(cfg, out: Path, per_system, fold_scores, errors, mode: str, seconds:
     for name, sub in subsets.items():
         md += ["", f"Pooled over the {sub['documents']} `{name}` documents (source under "
                f"`{cfg.eval.subsets[name]}`) alone:", "", scores_table(sub["micro"], labels)]
+    md += ["", "Labelled spans that are whole words of jieba's segmentation (what the guideline's "
+           "`spans.whole_words` rule assumes): " + ", ".join(f"{lab} {x['whole']}/{x['spans']} ({x['share']:.0%})"
+                                                          for lab, x in results["gold_whole_words"].items()) + "."]
     md += ["", f"`{GAZ}`: what `scripts/predict.py` outputs with the span layers {', '.join(layer_names) or 'none'} "
            f"(`infer.layers`, default `train.layers`): the gazetteer saved with "
            "the model (training mentions; guideline terms, withheld where they occur in a held-out article; quoted "

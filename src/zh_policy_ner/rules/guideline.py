@@ -31,6 +31,7 @@ SPEC: dict[str, dict[str, str]] = {
     "places": {"label": "str", "ambiguous": "words", "province_abbreviations": "chars", "not_abbreviation": "chars",
                "abbreviation": "pattern"},
     "silver": {"domain_words": "words"},
+    "spans": {"whole_words": "words", "never_adjacent": "words"},
 }
 LABELLED = ("formulas", "measure_phrases", "names", "places")  # the rules that output a label
 _KINDS = {"str": lambda v: isinstance(v, str) and bool(v), "chars": lambda v: isinstance(v, str),
@@ -101,6 +102,9 @@ class Guideline:
     abbreviation = cached_property(lambda self: self._pattern("places", "abbreviation"))
     # the silver stage
     domain_words = cached_property(lambda self: tuple(self._get("silver", "domain_words")))
+    # what a decoded span may be (Viterbi decoding)
+    whole_words = cached_property(lambda self: frozenset(self._get("spans", "whole_words")))
+    never_adjacent = cached_property(lambda self: frozenset(self._get("spans", "never_adjacent")))
 
     @cached_property
     def phrase(self) -> re.Pattern | None:
@@ -206,13 +210,14 @@ def saved_guideline(model_dir: str | Path, fallback: Guideline | None = None) ->
 
 
 def check_labels(labels: list[str] | tuple[str, ...], guideline: Guideline) -> None:
-    """Refuse (``ValueError``, naming the rule) a guideline whose rules output a label that is not
-    among ``labels`` (``data.labels``)."""
-    missing = {rule: guideline.label(rule) for rule in LABELLED
-               if guideline.has(rule) and guideline.label(rule) not in labels}
+    """Refuse (``ValueError``, naming the rule) a guideline whose rules output or name a label that
+    is not among ``labels`` (``data.labels``)."""
+    missing = [f"rule {rule} outputs {guideline.label(rule)}" for rule in LABELLED
+               if guideline.has(rule) and guideline.label(rule) not in labels]
+    missing += [f"rule spans.{key} names {lab}" for key in ("whole_words", "never_adjacent")
+                for lab in sorted(getattr(guideline, key)) if lab not in labels]
     if missing:
-        raise ValueError(f"{guideline.source}: " + "; ".join(f"rule {r} outputs {lab}" for r, lab in missing.items())
-                         + f", which is not among data.labels={list(labels)}")
+        raise ValueError(f"{guideline.source}: " + "; ".join(missing) + f", which is not among data.labels={list(labels)}")
 
 
 def check_guideline_labels(cfg: Any, guideline: Guideline | None = None) -> Guideline:
