@@ -14,7 +14,7 @@ from zh_policy_ner.common.cli import script  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 @script(lambda cfg: "nothing is kept: held-out scoring starts afresh" if cfg.eval.mode == "heldout" else
-        f"finished folds are kept in {cfg.eval.output_dir} (fold_predictions.json in each fold folder); "
+        f"finished folds are kept in {cfg.eval.output_dir} (fold_probs.npz in each fold folder); "
         f"the same command reuses them and trains only the others")
 def main(cfg: DictConfig) -> None:
     from zh_policy_ner.evaluation.evaluate import evaluate

@@ -86,7 +86,7 @@ def test_predict_summary_names_only_files_that_exist_and_transformers_stays_quie
 SCRIPTS = {  # script: (module and function its main calls, a phrase of what is kept)
     "predict": ("zh_policy_ner.prediction.predict", "run_predict", "the same command resumes"),
     "train": ("zh_policy_ner.training.train", "train", "resumes training from"),
-    "evaluate": ("zh_policy_ner.evaluation.evaluate", "evaluate", "fold_predictions.json"),
+    "evaluate": ("zh_policy_ner.evaluation.evaluate", "evaluate", "fold_probs.npz"),
     "pretrain": ("zh_policy_ner.model.pretrain", "pretrain", "no checkpoint written yet"),
     "silver": ("zh_policy_ner.training.silver", "export_silver_model", "tags-thulac.jsonl"),
     "prepare_data": ("zh_policy_ner.data.dataset", "prepare", "is as it was"),

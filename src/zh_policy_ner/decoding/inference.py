@@ -171,15 +171,6 @@ def merge_windows(n_docs: int, window_doc: Sequence[int], window_offsets: Sequen
     return out
 
 
-class _NoModel(torch.nn.Module):
-    """Stands in for the torch model when ONNX Runtime computes the logits: it carries the config."""
-
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.dummy = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
-
-
 @dataclass
 class DocPrediction:
     """Predicted spans of one document in raw and normalised coordinates."""
@@ -187,6 +178,54 @@ class DocPrediction:
     norm: Normalized
     spans: list[Span]          # raw offsets, text == raw[start:end]
     norm_spans: list[tuple[int, int, str]]
+
+
+TokenProbs = tuple[np.ndarray, np.ndarray, np.ndarray]  # token start characters, end characters, probabilities
+
+
+def decode_spans(norms: Sequence[Normalized], merged: Sequence[TokenProbs], labels: Sequence[str],
+                 decode: str = "viterbi", layers: SpanLayers | None = None) -> list[DocPrediction]:
+    """Spans from token probabilities (:meth:`Predictor.token_probs`): decoded (``viterbi`` under the
+    guideline's span constraints, or ``argmax``), turned into character spans, tidied and laid
+    under ``layers``, mapped to raw offsets. Model spans carry their mean probability as ``score``."""
+    layers = layers if layers is not None else SpanLayers()
+    labels = list(labels)
+    means = [m for _, _, m in merged]
+    if decode == "viterbi":
+        constraints = SpanConstraints.of(layers.guideline)
+        word_starts = None
+        if constraints.whole_words:  # a token starts a word where its first character does
+            word_starts = [word_boundaries(n.text)[starts] for n, (starts, _, _) in zip(norms, merged)]
+        paths = decode_bio(means, labels, constraints, word_starts)
+    elif decode == "argmax":
+        paths = [m.argmax(1) for m in means]
+    else:
+        raise ValueError(f"decode must be viterbi or argmax, got {decode!r}")
+    results = []
+    for norm, (starts, ends, mean), ids in zip(norms, merged, paths):
+        offsets = list(zip(starts.tolist(), ends.tolist()))
+        conf = mean[np.arange(len(ids)), ids]
+        tags = char_tags_from_tokens(len(norm.text), offsets, [labels[i] for i in ids])
+        model_spans = layers.tidy(norm.text, tags_to_spans(tags))
+        norm_spans = layers(norm.text, model_spans)
+        from_model = set(model_spans)
+        spans = []
+        for s, e, lab in norm_spans:
+            rs, re_ = norm.to_raw_span(s, e)
+            scores = conf[np.searchsorted(starts, s) : np.searchsorted(starts, e)]
+            score = round(float(scores.mean()), 4) if len(scores) and (s, e, lab) in from_model else None
+            spans.append(Span(rs, re_, lab, norm.raw[rs:re_], score))  # lexicon spans: no model score
+        results.append(DocPrediction(norm, spans, norm_spans))
+    return results
+
+
+class _NoModel(torch.nn.Module):
+    """Stands in for the torch model when ONNX Runtime computes the logits: it carries the config."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.dummy = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
 
 
 def predictor_settings(cfg: Any) -> dict[str, Any]:
@@ -327,10 +366,9 @@ class Predictor:
                 out[i] = probs[r, : len(input_ids[i])]
         return out  # type: ignore[return-value]
 
-    def predict_norm(self, norms: Sequence[Normalized]) -> list[DocPrediction]:
-        """Predict spans for already normalised documents."""
-        if not norms:
-            return []
+    def token_probs(self, norms: Sequence[Normalized]) -> list[TokenProbs]:
+        """Per document: its tokens' start and end characters and their label probabilities,
+        averaged over the overlapping windows (:func:`merge_windows`)."""
         enc = encode_windows(self.tokenizer, [n.text for n in norms], self.max_length, self.stride)
         type_ids = None
         if self.features is not None:
@@ -338,33 +376,13 @@ class Predictor:
             type_ids = [window_type_ids(chars[d], offsets)
                         for d, offsets in zip(enc["overflow_to_sample_mapping"], enc["offset_mapping"])]
         probs = self._window_probs(enc["input_ids"], type_ids)
-        merged = merge_windows(len(norms), enc["overflow_to_sample_mapping"], enc["offset_mapping"], probs)
-        means = [m for _, _, m in merged]
-        if self.decode == "viterbi":
-            constraints = SpanConstraints.of(self.layers.guideline)
-            word_starts = None
-            if constraints.whole_words:  # a token starts a word where its first character does
-                word_starts = [word_boundaries(n.text)[starts] for n, (starts, _, _) in zip(norms, merged)]
-            paths = decode_bio(means, self.labels, constraints, word_starts)
-        else:
-            paths = [m.argmax(1) for m in means]
-        results = []
-        for norm, (starts, ends, mean), ids in zip(norms, merged, paths):
-            offsets = list(zip(starts.tolist(), ends.tolist()))
-            token_tags = [self.labels[i] for i in ids]
-            conf = mean[np.arange(len(ids)), ids]
-            tags = char_tags_from_tokens(len(norm.text), offsets, token_tags)
-            model_spans = self.layers.tidy(norm.text, tags_to_spans(tags))
-            norm_spans = self.layers(norm.text, model_spans)
-            from_model = set(model_spans)
-            spans = []
-            for s, e, lab in norm_spans:
-                rs, re_ = norm.to_raw_span(s, e)
-                scores = conf[np.searchsorted(starts, s) : np.searchsorted(starts, e)]
-                score = round(float(scores.mean()), 4) if len(scores) and (s, e, lab) in from_model else None
-                spans.append(Span(rs, re_, lab, norm.raw[rs:re_], score))  # lexicon spans: no model score
-            results.append(DocPrediction(norm, spans, norm_spans))
-        return results
+        return merge_windows(len(norms), enc["overflow_to_sample_mapping"], enc["offset_mapping"], probs)
+
+    def predict_norm(self, norms: Sequence[Normalized]) -> list[DocPrediction]:
+        """Predict spans for already normalised documents."""
+        if not norms:
+            return []
+        return decode_spans(norms, self.token_probs(norms), self.labels, self.decode, self.layers)
 
     def predict(self, texts: Iterable[str]) -> list[DocPrediction]:
         """Predict spans for raw texts (any script, with debris); offsets refer to the raw texts."""

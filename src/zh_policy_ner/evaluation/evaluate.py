@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..common.modeling import load_tokenizer, resolve_model_path
 from ..data.dataset import PreparedDoc, bio_label_names, grouped_folds, leave_one_out, load_docs, prepare_docs, split_docs
 from ..data.metrics import entity_scores, error_cases, mean_sd, scores_table, write_error_report
-from ..decoding.inference import Predictor
+from ..decoding.inference import Predictor, TokenProbs, decode_spans
 from ..labelling.annotations import sha256_bytes
 from ..model.modelcard import command_line
 from ..model.onnx_backend import weights_hash
@@ -28,7 +30,7 @@ from ..training.trainer import run_settings, settings_key
 log = logging.getLogger(__name__)
 MODEL = "model"
 GAZ = "model+lexicons"  # what prediction outputs: gazetteer over the model, place names under it
-FOLD_CACHE = "fold_predictions.json"
+FOLD_CACHE = "fold_probs.npz"  # per fold: the model's token probabilities on its test articles, and their key
 
 
 def _pooled(pairs: list[tuple[PreparedDoc, list]]) -> dict:
@@ -72,34 +74,50 @@ def fold_inputs(cfg: Any, docs: list, ids: list[str]) -> dict[str, Any]:
             "encoder": weights_hash(resolve_model_path(cfg.model.name_or_path))}
 
 
-def fold_model_spans(cfg: Any, docs: list, tokenizer, train_ids: list[str], test_ids: list[str],
-                     fold_dir: Path) -> dict[str, list]:
-    """The model's spans on a fold's test articles, trained on its train articles. Cached in the
-    fold folder under a key of the run settings and the split: an interrupted cross-validation
-    resumes at the fold it stopped in, and inference-only ablations (``infer.layers``) never
-    retrain; the guideline (tidying, lexicon features), ``infer.decode`` and the fold's inputs
-    (:func:`fold_inputs`) shape the cached spans, so they are part of the key."""
+def fold_model_probs(cfg: Any, docs: list, tokenizer, train_ids: list[str], test_ids: list[str],
+                     fold_dir: Path) -> tuple[list[str], dict[str, TokenProbs]]:
+    """The labels and the token probabilities of a fold's model on its test articles, trained on
+    its train articles (fp32 torch, whatever the machine). Cached in the fold folder under a key of
+    what the model learns (:func:`~zh_policy_ner.training.trainer.run_settings`: not the decoding
+    settings, ``infer.*`` or the guideline's ``spans``) and of the fold's inputs
+    (:func:`fold_inputs`): an interrupted cross-validation resumes at the fold it stopped in, and
+    inference-only ablations (layers, decoding) re-score the cached probabilities, never retrain."""
     settings = run_settings(cfg)
     if not cfg.train.lexicon_features:  # then the gazetteer is only an output layer, built afresh (fold_gazetteer)
         settings["train"].pop("gazetteer", None)
-    key = settings_key({"settings": settings, "max_steps": cfg.train.max_steps, "decode": cfg.infer.decode,
+    key = settings_key({"settings": settings, "max_steps": cfg.train.max_steps,
                         "train": sorted(train_ids), "test": sorted(test_ids),
                         "inputs": fold_inputs(cfg, docs, train_ids + test_ids)}, 64)
     cache = fold_dir / FOLD_CACHE
     if cache.exists():
-        rec = json.loads(cache.read_text(encoding="utf-8"))
-        if rec.get("key") == key:
-            log.info("fold %s: reusing the model's spans from %s", fold_dir.name, cache)
-            return {d: [tuple(x) for x in spans] for d, spans in rec["spans"].items()}
+        with np.load(cache) as rec:
+            if str(rec["key"]) == key:
+                log.info("fold %s: reusing the model's probabilities from %s", fold_dir.name, cache)
+                return [str(x) for x in rec["labels"]], {d: tuple(rec[f"{d}/{part}"] for part in ("starts", "ends", "probs"))
+                                                         for d in test_ids}
     shutil.rmtree(fold_dir, ignore_errors=True)  # every fold is trained afresh
     data = prepare_docs(docs, tokenizer, {"train": train_ids, "heldout": test_ids},
                         bio_label_names(cfg.data.labels), cfg.data.max_length, cfg.data.stride)
-    result = train_on(data, cfg, fold_dir, tokenizer)
-    spans = {d: [list(x) for x in result.predictions[d].norm_spans] for d in test_ids}
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "spans": spans}, ensure_ascii=False), encoding="utf-8")
+    train_on(data, cfg, fold_dir, tokenizer)
+    predictor = Predictor.from_pretrained(str(fold_dir), layers=[], backend="torch", precision="fp32",
+                                          max_length=cfg.data.max_length, stride=cfg.data.stride)
+    merged = dict(zip(test_ids, predictor.token_probs([data.docs[i].norm for i in test_ids])))
+    arrays = {f"{d}/{part}": x for d, m in merged.items() for part, x in zip(("starts", "ends", "probs"), m)}
+    tmp = cache.with_name(cache.name + ".tmp.npz")
+    np.savez_compressed(tmp, key=np.array(key), labels=np.array(predictor.labels), **arrays)
     tmp.replace(cache)
-    return {d: [tuple(x) for x in v] for d, v in spans.items()}
+    return list(predictor.labels), merged
+
+
+def fold_model_spans(cfg: Any, docs: list, tokenizer, train_ids: list[str], test_ids: list[str],
+                     fold_dir: Path, prepared: dict[str, PreparedDoc]) -> dict[str, list]:
+    """The model's spans on a fold's test articles (:func:`fold_model_probs`), decoded with
+    ``infer.decode`` and tidied by the run's guideline, as prediction does."""
+    labels, probs = fold_model_probs(cfg, docs, tokenizer, train_ids, test_ids, fold_dir)
+    norms = [prepared[i].norm for i in test_ids]
+    preds = decode_spans(norms, [probs[i] for i in test_ids], labels, cfg.infer.decode,
+                         SpanLayers(guideline=guideline_from_config(cfg)))
+    return {i: list(p.norm_spans) for i, p in zip(test_ids, preds)}
 
 
 def _all_docs(cfg: Any) -> tuple[list, Any, dict[str, PreparedDoc]]:
@@ -138,7 +156,7 @@ def cross_validate(cfg: Any) -> dict[str, Any]:
     for k, (train_ids, test_ids) in enumerate(folds):
         log.info("fold %d/%d: held out %s", k + 1, len(folds), ", ".join(test_ids))
         fold_dir = out / "folds" / (test_ids[0] if len(test_ids) == 1 else f"fold{k + 1}-of-{len(folds)}")
-        model_spans = fold_model_spans(cfg, docs, tokenizer, train_ids, test_ids, fold_dir)
+        model_spans = fold_model_spans(cfg, docs, tokenizer, train_ids, test_ids, fold_dir, prepared)
         test_docs = [prepared[i] for i in test_ids]
         layers = fold_layers(cfg, [prepared[i] for i in train_ids], test_docs)
         preds = {MODEL: [model_spans[i] for i in test_ids]}
@@ -180,7 +198,7 @@ def learning_curve(cfg: Any) -> dict[str, Any]:
             used.append(len(subset))
             log.info("curve: %d training articles, fold %d/%d", len(subset), k + 1, len(folds))
             fold_dir = out / "curve" / f"n{size}" / f"fold{k + 1}"
-            spans = fold_model_spans(cfg, docs, tokenizer, subset, test_ids, fold_dir)
+            spans = fold_model_spans(cfg, docs, tokenizer, subset, test_ids, fold_dir, prepared)
             layers = fold_layers(cfg, [prepared[i] for i in subset], [prepared[i] for i in test_ids])
             for i in test_ids:
                 d = prepared[i]

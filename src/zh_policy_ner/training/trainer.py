@@ -190,7 +190,8 @@ RUN_KEYS = ("model", "data", "guideline", "train", "seed")  # what a resumed run
 # settings that say where and how a run goes, not what it learns: left out of every cache key
 RUN_IGNORE = {"train": ("output_dir", "resume", "max_steps", "disable_tqdm", "logging_steps", "save_steps",
                         "save_total_limit", "num_threads", "export_onnx", "layers"),  # layers: saved, not learnt
-              "data": ("output_dir", "loao_folds")}
+              "data": ("output_dir", "loao_folds"),
+              "guideline": ("spans",)}  # spans: what decoding may output, never learnt
 
 
 def run_settings(cfg: Any, keys: tuple[str, ...] = RUN_KEYS) -> dict:
