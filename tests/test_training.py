@@ -17,6 +17,7 @@ from zh_policy_ner.decoding.inference import (
     viterbi_bio,
 )
 from zh_policy_ner.rules.guideline import Guideline
+from zh_policy_ner.rules.lexicon import doc_mentions
 from zh_policy_ner.rules.words import whole_word_share, word_boundaries
 from zh_policy_ner.training.silver import silver_docs
 from zh_policy_ner.training.trainer import build_model
@@ -62,6 +63,20 @@ def test_gazetteer_withholds_guideline_terms_found_in_heldout_articles(trained):
     kept = [t for t in terms if t not in held]
     assert withheld and kept  # the seed holds some guideline terms, not all
     assert not any(t in gaz for t in withheld) and all(gaz[t] == terms[t] for t in kept if t not in trained_on)
+
+
+def test_gazetteer_keeps_training_mentions_that_are_mostly_labelled():
+    from zh_policy_ner.data.dataset import PreparedDoc
+    from zh_policy_ner.reading.text import normalize
+
+    # 严峻 is a name once and "severe" twice; 核酸检测 is labelled once and once inside a longer measure
+    text = "严峻出席。形势严峻,任务严峻。要开展核酸检测和全员核酸检测。"
+    spans = [(0, 2, "PER"), (text.index("核酸检测"), text.index("核酸检测") + 4, "POLICY"),
+             (text.index("全员核酸检测"), text.index("全员核酸检测") + 6, "POLICY")]
+    doc = PreparedDoc("d", normalize(text), spans)
+    assert set(doc_mentions([doc])) == {"严峻", "核酸检测", "全员核酸检测"}
+    assert set(doc_mentions([doc], 0.5)) == {"核酸检测", "全员核酸检测"}  # 严峻: 1 of 3
+    assert set(doc_mentions([doc], 0.3)) == {"严峻", "核酸检测", "全员核酸检测"}
 
 
 def test_folder_loads_back_and_predicts_spans_with_raw_offsets(trained):

@@ -49,6 +49,7 @@ class GazetteerConfig:
     guideline_terms: Optional[str] = MISSING
     quoted_formulas: bool = MISSING
     measure_phrases: bool = MISSING
+    min_precision: float = MISSING
 
 
 @dataclass

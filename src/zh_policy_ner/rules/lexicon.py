@@ -138,15 +138,38 @@ class DictionaryTagger:
         return [s for s in found if s[2] != "O"]
 
 
-def doc_mentions(docs) -> dict[str, str]:
-    """Gold mention strings of prepared documents, each with its most frequent label."""
+def doc_mentions(docs, min_precision: float = 0.0) -> dict[str, str]:
+    """Gold mention strings of prepared documents, each with its most frequent label. With
+    ``min_precision``, only those labelled at least that share of the times they occur in the
+    documents outside other labelled spans: 严峻, once a name, many times "severe", is left out, as is
+    a measure word the annotators label only in some places (the occurrences inside a longer span,
+    核酸检测 of 全员核酸检测, count neither way)."""
     from collections import Counter
 
     votes: dict[str, Counter] = {}
     for d in docs:
         for s, e, lab in d.spans:
             votes.setdefault(d.norm.text[s:e], Counter())[lab] += 1
-    return {m: c.most_common(1)[0][0] for m, c in votes.items()}
+    mentions = {m: c.most_common(1)[0][0] for m, c in votes.items()}
+    if min_precision <= 0:
+        return mentions
+    labelled, seen = Counter(), Counter()
+    for d in docs:
+        text, gold = d.norm.text, {(s, e) for s, e, _ in d.spans}
+        owner = [-1] * len(text)  # the labelled span each character is in
+        for k, (s, e, _) in enumerate(d.spans):
+            owner[s:e] = [k] * (e - s)
+        for m in mentions:
+            i = text.find(m)
+            while i >= 0:
+                j = i + len(m)
+                if (i, j) in gold:
+                    labelled[m] += 1
+                    seen[m] += 1
+                elif owner[i] < 0 or owner[i] != owner[j - 1]:
+                    seen[m] += 1
+                i = text.find(m, i + 1)
+    return {m: lab for m, lab in mentions.items() if labelled[m] >= min_precision * seen[m]}
 
 
 def read_terms(path: str | Path) -> dict[str, str]:
@@ -173,7 +196,7 @@ def build_gazetteer(train_docs, gcfg: Any, guideline: Guideline, withheld_texts:
     if gcfg.guideline_terms:
         mentions = {t: lab for t, lab in read_terms(gcfg.guideline_terms).items()
                     if not any(t in text for text in withheld_texts)}
-    mentions.update(doc_mentions(train_docs))
+    mentions.update(doc_mentions(train_docs, float(gcfg.get("min_precision", 0.0))))
     return DictionaryTagger(mentions, formulas=bool(gcfg.quoted_formulas), phrases=bool(gcfg.measure_phrases),
                             guideline=guideline)
 
