@@ -61,6 +61,10 @@ def test_the_schemas_type_every_group_and_refuse_typos():
         compose("train.epochs=abc")
     with pytest.raises(ConfigKeyError, match="batchsize"):  # what an experiment file with a typo meets
         OmegaConf.merge(cfg, {"train": {"batchsize": 8}})
+    # per-label settings take plain overrides, one label or the whole mapping
+    assert compose("train.label_weights.POLICY=3").train.label_weights.POLICY == 3.0
+    assert compose("train.label_weights={POLICY:2}").train.label_weights == {"PER": 1.0, "LOC": 1.0, "POLICY": 2.0}
+    assert compose("infer.min_score={POLICY:0.6}").infer.min_score == {"POLICY": 0.6}
 
 
 def _run(script: str, *overrides: str, cwd) -> subprocess.CompletedProcess:
@@ -85,6 +89,7 @@ def test_train_quick_then_predict_as_a_user_runs_them(tiny_model_dir, tmp_path):
     assert str(model) in train.stdout
     assert json.loads((model / "layers.json").read_text())["layers"] == ["places:fill", "gazetteer:overwrite",
                                                                           "abbreviations:fill"]
+    assert json.loads((model / "layers.json").read_text())["min_score"] == {"PER": 0.0, "LOC": 0.0, "POLICY": 0.8}
     assert (model / "metrics.json").exists() and (model / "gazetteer.json").exists()
     inputs = tmp_path / "reports"
     inputs.mkdir()

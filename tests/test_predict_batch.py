@@ -303,3 +303,35 @@ def test_a_gazetteer_layer_without_its_file_is_refused_before_the_model_loads(mo
     with pytest.raises(UsageError, match=r"gazetteer layer needs.*infer.layers=\[places:fill,abbreviations:fill\]"):
         run_predict(_cfg(folder, inputs, tmp_path / "p.jsonl"))
     assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_unconfident_model_spans_yield_to_the_layers(tmp_path, guideline):
+    """``min_score``: with layers, a model span less probable than its label's score is left out of
+    the output (the bare model keeps it, and ``model_spans`` always has it); saved with the layers."""
+    import numpy as np
+
+    from zh_policy_ner.data.dataset import bio_label_names
+    from zh_policy_ner.decoding.inference import decode_spans
+    from zh_policy_ner.reading.text import normalize
+    from zh_policy_ner.rules.layers import SpanLayers, parse_layers, resolve_min_score, save_layers, saved_min_score
+
+    labels = bio_label_names()
+    norm = normalize("要强化疫苗接种和核酸检测。")
+    probs = np.full((len(norm.text), len(labels)), 0.01)
+    probs[:, 0] = 0.9
+    for word, p in (("疫苗接种", 0.9), ("核酸检测", 0.55)):
+        i = norm.text.index(word)
+        probs[i, :], probs[i + 1 : i + 4, :] = 0.01, 0.01
+        probs[i, labels.index("B-POLICY")], probs[i + 1 : i + 4, labels.index("I-POLICY")] = p, p
+        probs[i : i + 4, 0] = 1 - p
+    merged = [(np.arange(len(norm.text)), np.arange(1, len(norm.text) + 1), probs)]
+    both = [(norm.text.index(w), norm.text.index(w) + 4, "POLICY") for w in ("疫苗接种", "核酸检测")]
+    layered = SpanLayers(parse_layers(["abbreviations"]), guideline=guideline, min_score={"POLICY": 0.8})
+    [pred] = decode_spans([norm], merged, labels, "viterbi", layered)
+    assert pred.model_spans == both and pred.norm_spans == both[:1]
+    assert [s.score for s in pred.spans] == [0.9]
+    [bare] = decode_spans([norm], merged, labels, "viterbi", SpanLayers(guideline=guideline, min_score={"POLICY": 0.8}))
+    assert bare.norm_spans == both  # no layers: nothing to yield to
+    save_layers(tmp_path, ["abbreviations"], {"POLICY": 0.8})
+    assert saved_min_score(tmp_path) == {"POLICY": 0.8} == resolve_min_score(None, tmp_path)
+    assert resolve_min_score({"POLICY": 0}, tmp_path) == {"POLICY": 0.0}

@@ -23,7 +23,7 @@ from zh_policy_ner.training.silver import silver_docs
 from zh_policy_ner.training.trainer import build_model
 from zh_policy_ner.training.train import train
 
-from .conftest import ROOT, SEED_IDS, compose, tiny_config
+from .conftest import SEED_IDS, compose, tiny_config
 
 
 def tiny_train_cfg(model_dir, out, *extra):

@@ -111,6 +111,7 @@ class TrainConfig:
     export_onnx: bool = MISSING
     seed: int = MISSING
     layers: List[str] = MISSING
+    min_score: Dict[str, float] = MISSING
     gazetteer: GazetteerConfig = field(default_factory=GazetteerConfig)
     silver: SilverConfig = field(default_factory=SilverConfig)
     mention_swap: MentionSwapConfig = field(default_factory=MentionSwapConfig)
@@ -152,6 +153,7 @@ class InferConfig:
     precision: str = MISSING
     decode: str = MISSING
     layers: Optional[List[str]] = MISSING
+    min_score: Any = MISSING  # null (the model's) or {label: score}: Any, so that a dict replaces the null
     num_threads: Optional[int] = MISSING
     backend: str = MISSING
     reports: bool = MISSING

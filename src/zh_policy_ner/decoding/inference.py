@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from ..labelling.annotations import Span
 from ..model.onnx_backend import load_runner, resolve_backend
 from ..reading.text import Normalized, normalize
 from ..rules.guideline import Guideline, guideline_from_config, saved_guideline
-from ..rules.layers import GAZETTEER_FILE, SpanLayers, resolve_layers
+from ..rules.layers import GAZETTEER_FILE, SpanLayers, resolve_layers, resolve_min_score
 from ..rules.lexicon import DictionaryTagger, place_tagger
 from ..rules.words import word_boundaries
 from .features import LexiconFeatures, feature_labels, window_type_ids
@@ -178,6 +178,7 @@ class DocPrediction:
     norm: Normalized
     spans: list[Span]          # raw offsets, text == raw[start:end]
     norm_spans: list[tuple[int, int, str]]
+    model_spans: list[tuple[int, int, str]] = field(default_factory=list)  # the tidied model's, before the layers
 
 
 TokenProbs = tuple[np.ndarray, np.ndarray, np.ndarray]  # token start characters, end characters, probabilities
@@ -186,8 +187,10 @@ TokenProbs = tuple[np.ndarray, np.ndarray, np.ndarray]  # token start characters
 def decode_spans(norms: Sequence[Normalized], merged: Sequence[TokenProbs], labels: Sequence[str],
                  decode: str = "viterbi", layers: SpanLayers | None = None) -> list[DocPrediction]:
     """Spans from token probabilities (:meth:`Predictor.token_probs`): decoded (``viterbi`` under the
-    guideline's span constraints, or ``argmax``), turned into character spans, tidied and laid
-    under ``layers``, mapped to raw offsets. Model spans carry their mean probability as ``score``."""
+    guideline's span constraints, or ``argmax``), turned into character spans, tidied, the
+    unconfident ones left to the layers (:meth:`~zh_policy_ner.rules.layers.SpanLayers.confident`)
+    and the layers laid over them, mapped to raw offsets. Model spans carry their mean probability as
+    ``score``; ``model_spans`` keeps the tidied model's spans before the layers."""
     layers = layers if layers is not None else SpanLayers()
     labels = list(labels)
     means = [m for _, _, m in merged]
@@ -207,15 +210,15 @@ def decode_spans(norms: Sequence[Normalized], merged: Sequence[TokenProbs], labe
         conf = mean[np.arange(len(ids)), ids]
         tags = char_tags_from_tokens(len(norm.text), offsets, [labels[i] for i in ids])
         model_spans = layers.tidy(norm.text, tags_to_spans(tags))
-        norm_spans = layers(norm.text, model_spans)
-        from_model = set(model_spans)
+        scores = {x: round(float(conf[np.searchsorted(starts, x[0]) : np.searchsorted(starts, x[1])].mean()), 4)
+                  for x in model_spans if np.searchsorted(starts, x[1]) > np.searchsorted(starts, x[0])}
+        kept = layers.confident(model_spans, [scores.get(x, 0.0) for x in model_spans])
+        norm_spans = layers(norm.text, kept)
         spans = []
         for s, e, lab in norm_spans:
             rs, re_ = norm.to_raw_span(s, e)
-            scores = conf[np.searchsorted(starts, s) : np.searchsorted(starts, e)]
-            score = round(float(scores.mean()), 4) if len(scores) and (s, e, lab) in from_model else None
-            spans.append(Span(rs, re_, lab, norm.raw[rs:re_], score))  # lexicon spans: no model score
-        results.append(DocPrediction(norm, spans, norm_spans))
+            spans.append(Span(rs, re_, lab, norm.raw[rs:re_], scores.get((s, e, lab))))  # lexicon spans: no model score
+        results.append(DocPrediction(norm, spans, norm_spans, model_spans))
     return results
 
 
@@ -235,6 +238,7 @@ def predictor_settings(cfg: Any) -> dict[str, Any]:
     layers = infer.get("layers")
     return dict(max_length=infer.max_length, stride=infer.stride, batch_size=infer.batch_size,
                 precision=infer.precision, decode=infer.decode, layers=None if layers is None else list(layers),
+                min_score=None if infer.get("min_score") is None else dict(infer.min_score),
                 backend=infer.get("backend", "torch"), num_threads=infer.num_threads,
                 guideline=guideline_from_config(cfg))
 
@@ -293,11 +297,13 @@ class Predictor:
 
     @classmethod
     def from_pretrained(cls, model_dir: str, layers: list[str] | None = None, backend: str = "torch",
-                        num_threads: int | None = None, guideline: Guideline | None = None, **kwargs) -> "Predictor":
+                        num_threads: int | None = None, guideline: Guideline | None = None,
+                        min_score: dict[str, float] | None = None, **kwargs) -> "Predictor":
         """Load a trained folder with its span layers: ``layers`` (names, see :mod:`~zh_policy_ner.rules.layers`;
         ``[]``: the bare model) or, by default, the list saved with the model (``layers.json``); tidying
         and layers run the guideline saved with the model (``guideline.yaml``; ``guideline``: the one
-        to run for a folder trained before models saved theirs).
+        to run for a folder trained before models saved theirs); ``min_score``: per label, the mean
+        probability below which a model span yields to the layers (default: what the model saved).
         ``backend``: ``torch``, ``onnx`` (ONNX Runtime on CPU: int8 for precision ``auto``/``int8``,
         fp32 for ``fp32``; exported once and cached in ``<model_dir>/onnx``, see
         :mod:`~zh_policy_ner.model.onnx_backend`) or ``auto`` (onnx on CPU when onnxruntime is installed
@@ -309,7 +315,8 @@ class Predictor:
 
         path = resolve_model_path(model_dir)
         rules = saved_guideline(path, guideline)
-        span_layers = SpanLayers.build(resolve_layers(layers, path), rules, Path(path) / GAZETTEER_FILE)
+        span_layers = SpanLayers.build(resolve_layers(layers, path), rules, Path(path) / GAZETTEER_FILE,
+                                       min_score=resolve_min_score(min_score, path))
         kwargs["layers"] = span_layers
         config = AutoConfig.from_pretrained(path)
         labels = feature_labels(config)

@@ -15,13 +15,13 @@ import numpy as np
 from ..common.modeling import load_tokenizer, resolve_model_path
 from ..data.dataset import PreparedDoc, bio_label_names, grouped_folds, leave_one_out, load_docs, prepare_docs, split_docs
 from ..data.metrics import entity_scores, error_cases, mean_sd, scores_table, write_error_report
-from ..decoding.inference import Predictor, TokenProbs, decode_spans
+from ..decoding.inference import DocPrediction, Predictor, TokenProbs, decode_spans
 from ..labelling.annotations import sha256_bytes
 from ..model.modelcard import command_line
 from ..model.onnx_backend import weights_hash
 from ..rules.baselines import make_baseline
 from ..rules.guideline import check_guideline_labels, guideline_from_config, saved_guideline
-from ..rules.layers import GAZETTEER_FILE, SpanLayers, parse_layers, resolve_layers
+from ..rules.layers import SpanLayers, parse_layers
 from ..rules.lexicon import build_gazetteer
 from ..rules.words import whole_word_share
 from ..training.train import train_on
@@ -50,6 +50,13 @@ def eval_layers(cfg: Any) -> list[str]:
     model trained with this config saves (``train.layers``)."""
     layers = cfg.infer.get("layers")
     return [str(x) for x in parse_layers(layers if layers is not None else cfg.train.layers)]
+
+
+def eval_min_score(cfg: Any) -> dict[str, float]:
+    """The ``min_score`` scored with :func:`eval_layers`: ``infer.min_score`` when set, else ``train.min_score``."""
+    chosen = cfg.infer.get("min_score")
+    chosen = chosen if chosen is not None else cfg.train.get("min_score")
+    return {str(k): float(v) for k, v in (chosen or {}).items()}
 
 
 def cv_folds(cfg: Any, doc_ids: list[str]) -> list[tuple[list[str], list[str]]]:
@@ -109,15 +116,16 @@ def fold_model_probs(cfg: Any, docs: list, tokenizer, train_ids: list[str], test
     return list(predictor.labels), merged
 
 
-def fold_model_spans(cfg: Any, docs: list, tokenizer, train_ids: list[str], test_ids: list[str],
-                     fold_dir: Path, prepared: dict[str, PreparedDoc]) -> dict[str, list]:
-    """The model's spans on a fold's test articles (:func:`fold_model_probs`), decoded with
-    ``infer.decode`` and tidied by the run's guideline, as prediction does."""
+def fold_predictions(cfg: Any, docs: list, tokenizer, train_ids: list[str], test_ids: list[str],
+                     fold_dir: Path, prepared: dict[str, PreparedDoc]) -> list[DocPrediction]:
+    """A fold's predictions on its test articles, from its model's cached probabilities
+    (:func:`fold_model_probs`), decoded with ``infer.decode`` and the run's guideline and laid under
+    the fold's layers (:func:`fold_layers`), as prediction does: ``model_spans`` is the model row,
+    ``norm_spans`` the output."""
     labels, probs = fold_model_probs(cfg, docs, tokenizer, train_ids, test_ids, fold_dir)
-    norms = [prepared[i].norm for i in test_ids]
-    preds = decode_spans(norms, [probs[i] for i in test_ids], labels, cfg.infer.decode,
-                         SpanLayers(guideline=guideline_from_config(cfg)))
-    return {i: list(p.norm_spans) for i, p in zip(test_ids, preds)}
+    test_docs = [prepared[i] for i in test_ids]
+    layers = fold_layers(cfg, [prepared[i] for i in train_ids], test_docs)
+    return decode_spans([d.norm for d in test_docs], [probs[i] for i in test_ids], labels, cfg.infer.decode, layers)
 
 
 def _all_docs(cfg: Any) -> tuple[list, Any, dict[str, PreparedDoc]]:
@@ -139,7 +147,7 @@ def fold_layers(cfg: Any, train_docs: list[PreparedDoc], test_docs: list[Prepare
     gazetteer = None
     if any(layer.name == "gazetteer" for layer in layers):
         gazetteer = build_gazetteer(train_docs, cfg.train.gazetteer, guideline, [d.norm.text for d in test_docs])
-    return SpanLayers(layers, gazetteer, guideline=guideline)
+    return SpanLayers(layers, gazetteer, guideline=guideline, min_score=eval_min_score(cfg))
 
 
 def cross_validate(cfg: Any) -> dict[str, Any]:
@@ -156,11 +164,9 @@ def cross_validate(cfg: Any) -> dict[str, Any]:
     for k, (train_ids, test_ids) in enumerate(folds):
         log.info("fold %d/%d: held out %s", k + 1, len(folds), ", ".join(test_ids))
         fold_dir = out / "folds" / (test_ids[0] if len(test_ids) == 1 else f"fold{k + 1}-of-{len(folds)}")
-        model_spans = fold_model_spans(cfg, docs, tokenizer, train_ids, test_ids, fold_dir, prepared)
+        fold = fold_predictions(cfg, docs, tokenizer, train_ids, test_ids, fold_dir, prepared)
         test_docs = [prepared[i] for i in test_ids]
-        layers = fold_layers(cfg, [prepared[i] for i in train_ids], test_docs)
-        preds = {MODEL: [model_spans[i] for i in test_ids]}
-        preds[GAZ] = [layers(d.norm.text, p) for d, p in zip(test_docs, preds[MODEL])]
+        preds = {MODEL: [p.model_spans for p in fold], GAZ: [p.norm_spans for p in fold]}
         preds.update(_baseline_preds(cfg.eval.baselines, [prepared[i] for i in train_ids], test_docs))
         for name, p in preds.items():
             per_system.setdefault(name, []).extend(zip(test_docs, p))
@@ -198,12 +204,9 @@ def learning_curve(cfg: Any) -> dict[str, Any]:
             used.append(len(subset))
             log.info("curve: %d training articles, fold %d/%d", len(subset), k + 1, len(folds))
             fold_dir = out / "curve" / f"n{size}" / f"fold{k + 1}"
-            spans = fold_model_spans(cfg, docs, tokenizer, subset, test_ids, fold_dir, prepared)
-            layers = fold_layers(cfg, [prepared[i] for i in subset], [prepared[i] for i in test_ids])
-            for i in test_ids:
-                d = prepared[i]
-                pairs[MODEL].append((d, spans[i]))
-                pairs[GAZ].append((d, layers(d.norm.text, spans[i])))
+            for i, p in zip(test_ids, fold_predictions(cfg, docs, tokenizer, subset, test_ids, fold_dir, prepared)):
+                pairs[MODEL].append((prepared[i], p.model_spans))
+                pairs[GAZ].append((prepared[i], p.norm_spans))
         rows.append({"train_docs": round(sum(used) / len(used), 1), "size": size,
                      **{name: _pooled(p) for name, p in pairs.items()}})
     results = {"mode": f"learning curve on {len(folds)} fixed folds by article (seed {cfg.seed})",
@@ -255,34 +258,35 @@ def evaluate_heldout(cfg: Any) -> dict[str, Any]:
                     "below are not held-out scores; train with data.heldout=[...] first", cfg.eval.model_dir,
                     ", ".join(sorted(seen & set(cfg.data.heldout))))
     # the backend scripts/predict.py uses (infer.backend, infer.precision): the scores are of what users get
-    predictor = Predictor.from_config(cfg.eval.model_dir, cfg, layers=[], max_length=cfg.data.max_length,
-                                      stride=cfg.data.stride)
+    predictor = Predictor.from_config(cfg.eval.model_dir, cfg, max_length=cfg.data.max_length, stride=cfg.data.stride)
     log.info("held-out evaluation on %s (infer.backend=%s)", predictor.precision, cfg.infer.backend)
     splits = split_docs([d.doc_id for d in docs], cfg.data.heldout, cfg.data.dev)
     data = prepare_docs(docs, predictor.tokenizer, splits, bio_label_names(cfg.data.labels), cfg.data.max_length, cfg.data.stride)
     test_docs = [data.docs[i] for i in splits["heldout"]]
     t0 = time.time()
-    preds = {MODEL: [p.norm_spans for p in predictor.predict_norm([d.norm for d in test_docs])]}
-    layers = SpanLayers.build(resolve_layers(cfg.infer.get("layers"), cfg.eval.model_dir),
-                              predictor.layers.guideline, Path(cfg.eval.model_dir) / GAZETTEER_FILE)
-    preds[GAZ] = [layers(d.norm.text, p) for p, d in zip(preds[MODEL], test_docs)]
+    predicted = predictor.predict_norm([d.norm for d in test_docs])  # the model row and the output, as predict.py
+    preds = {MODEL: [p.model_spans for p in predicted], GAZ: [p.norm_spans for p in predicted]}
+    layers = predictor.layers
     preds.update(_baseline_preds(cfg.eval.baselines, [data.docs[i] for i in splits["train"]], test_docs))
     per_system = {n: list(zip(test_docs, p)) for n, p in preds.items()}
     fold_scores = {n: [entity_scores([d.spans], [q], [len(d.norm.text)]) for d, q in zip(test_docs, p)] for n, p in preds.items()}
     errors = {name: {d.doc_id: error_cases(d.norm.text, d.spans, p) for d, p in zip(test_docs, preds[name])}
               for name in (MODEL, GAZ)}
     return _report(cfg, out, per_system, fold_scores, errors, mode=f"held-out articles, model {cfg.eval.model_dir}",
-                   layer_names=layers.names,
+                   layer_names=layers.names, min_score=layers.min_score,
                    seconds=time.time() - t0, sources={d.doc_id: d.source for d in docs})
 
 
 def _report(cfg, out: Path, per_system, fold_scores, errors, mode: str, seconds: float,
-            sources: dict[str, str] | None = None, layer_names: list[str] | None = None) -> dict[str, Any]:
+            sources: dict[str, str] | None = None, layer_names: list[str] | None = None,
+            min_score: dict[str, float] | None = None) -> dict[str, Any]:
     labels = list(cfg.data.labels)
     micro = {name: _pooled(pairs) for name, pairs in per_system.items()}
     spread = {name: mean_sd(fs, labels) for name, fs in fold_scores.items()}
     layer_names = eval_layers(cfg) if layer_names is None else layer_names
+    min_score = eval_min_score(cfg) if min_score is None else min_score
     results = {"mode": mode, "command": command_line(), "model": str(cfg.model.name_or_path), "span_layers": layer_names,
+               "min_score": min_score,
                "documents": [d.doc_id for d, _ in per_system[MODEL]], "seconds": round(seconds, 1),
                "micro": micro, "per_document_f1": spread}
     subsets = {}
@@ -310,7 +314,9 @@ def _report(cfg, out: Path, per_system, fold_scores, errors, mode: str, seconds:
            "`spans.whole_words` rule assumes): " + ", ".join(f"{lab} {x['whole']}/{x['spans']} ({x['share']:.0%})"
                                                           for lab, x in results["gold_whole_words"].items()) + "."]
     md += ["", f"`{GAZ}`: what `scripts/predict.py` outputs with the span layers {', '.join(layer_names) or 'none'} "
-           f"(`infer.layers`, default `train.layers`): the gazetteer saved with "
+           f"(`infer.layers`, default `train.layers`; model spans below "
+           f"{', '.join(f'{k} {v:g}' for k, v in min_score.items()) or 'no'} mean probability left to the layers, "
+           "`train.min_score`): the gazetteer saved with "
            "the model (training mentions; guideline terms, withheld where they occur in a held-out article; quoted "
            "formulas and measure phrases) over the model's spans, administrative place names under them, "
            "one-character place abbreviations. Baselines have no POLICY label. THULAC is under a research-use "

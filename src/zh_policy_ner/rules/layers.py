@@ -20,7 +20,7 @@ A layer is written ``name`` (its first mode) or ``name:mode``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,8 +123,10 @@ class SpanLayers:
     ``layers(text, spans)`` lays the layers over them."""
 
     def __init__(self, layers: Sequence[Layer] = (), gazetteer: DictionaryTagger | None = None,
-                 places: DictionaryTagger | None = None, guideline: Guideline | None = None):
+                 places: DictionaryTagger | None = None, guideline: Guideline | None = None,
+                 min_score: Mapping[str, float] | None = None):
         self.layers = tuple(layers)
+        self.min_score = {str(k): float(v) for k, v in (min_score or {}).items()}
         self.guideline = guideline if guideline is not None else Guideline({}, "no guideline")
         names = {layer.name for layer in self.layers}
         if "gazetteer" in names and gazetteer is None:
@@ -143,6 +145,14 @@ class SpanLayers:
         """The model's spans tidied by the guideline's span rules (:func:`tidy_spans`)."""
         return tidy_spans(text, spans, self.guideline)
 
+    def confident(self, spans: Sequence[NormSpan], scores: Sequence[float]) -> list[NormSpan]:
+        """The model's spans that the layers are laid over: with layers, a span whose mean
+        probability is below its label's ``min_score`` yields to them (is left out); without
+        layers (the bare model) all are kept."""
+        if not self.layers or not self.min_score:
+            return list(spans)
+        return [x for x, score in zip(spans, scores) if score >= self.min_score.get(x[2], 0.0)]
+
     def __call__(self, text: str, spans: Sequence[NormSpan]) -> list[NormSpan]:
         spans = list(spans)
         for layer in self.layers:
@@ -156,30 +166,44 @@ class SpanLayers:
 
     @classmethod
     def build(cls, items: Iterable[str], guideline: Guideline, gazetteer_path: str | Path | None = None,
-              gazetteer: DictionaryTagger | None = None) -> "SpanLayers":
+              gazetteer: DictionaryTagger | None = None, min_score: Mapping[str, float] | None = None) -> "SpanLayers":
         """Layers from their names, running ``guideline``; the gazetteer is ``gazetteer`` or loaded from
         ``gazetteer_path`` when the list names it (a missing file raises :class:`LayerError` saying how
-        to go on)."""
+        to go on); ``min_score``: see :meth:`confident`."""
         layers = check_layers(items, None if gazetteer is not None else gazetteer_path)
         if gazetteer is None and gazetteer_path is not None and any(layer.name == "gazetteer" for layer in layers):
             gazetteer = DictionaryTagger.load(Path(gazetteer_path), guideline)
-        return cls(layers, gazetteer, guideline=guideline)  # the constructor refuses a gazetteer layer without one
+        # the constructor refuses a gazetteer layer without one
+        return cls(layers, gazetteer, guideline=guideline, min_score=min_score)
+
+
+def _saved(model_dir: str | Path) -> dict:
+    path = Path(model_dir) / LAYERS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def saved_layers(model_dir: str | Path) -> list[str]:
     """The layer list saved with a trained model (``layers.json``); :data:`DEFAULT_LAYERS` for a
     folder saved before there was one."""
-    path = Path(model_dir) / LAYERS_FILE
-    if not path.exists():
-        return list(DEFAULT_LAYERS)
-    return list(json.loads(path.read_text(encoding="utf-8"))["layers"])
+    return list(_saved(model_dir).get("layers", DEFAULT_LAYERS))
 
 
-def save_layers(model_dir: str | Path, items: Iterable[str]) -> None:
+def saved_min_score(model_dir: str | Path) -> dict[str, float]:
+    """The ``min_score`` saved with a trained model's layers (none for a folder saved before)."""
+    return dict(_saved(model_dir).get("min_score", {}))
+
+
+def save_layers(model_dir: str | Path, items: Iterable[str], min_score: Mapping[str, float] | None = None) -> None:
     names = [str(layer) for layer in parse_layers(items)]
-    (Path(model_dir) / LAYERS_FILE).write_text(json.dumps({"layers": names}, indent=1) + "\n", encoding="utf-8")
+    record = {"layers": names, "min_score": {str(k): float(v) for k, v in (min_score or {}).items()}}
+    (Path(model_dir) / LAYERS_FILE).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def resolve_layers(override: Iterable[str] | None, model_dir: str | Path) -> list[str]:
     """What a run uses: ``override`` (``infer.layers``) when set, else the list saved with the model."""
     return [str(x) for x in override] if override is not None else saved_layers(model_dir)
+
+
+def resolve_min_score(override: Mapping[str, float] | None, model_dir: str | Path) -> dict[str, float]:
+    """What a run uses: ``override`` (``infer.min_score``) when set, else what the model saved."""
+    return {str(k): float(v) for k, v in override.items()} if override is not None else saved_min_score(model_dir)

@@ -139,7 +139,7 @@ def train_on(data: PreparedData, cfg: Any, output_dir: Path, tokenizer) -> Train
         metrics["heldout"], predictions = score_docs(predictor, heldout_docs)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
     gazetteer.save(output_dir / GAZETTEER_FILE)
-    save_layers(output_dir, cfg.train.layers)
+    save_layers(output_dir, cfg.train.layers, cfg.train.min_score)
     guideline.save(output_dir)
     (output_dir / "label_map.json").write_text(json.dumps(dict(enumerate(label_names)), indent=2), encoding="utf-8")
     (output_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True), encoding="utf-8")

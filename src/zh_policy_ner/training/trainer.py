@@ -189,7 +189,7 @@ def weighted_loss(id2label: dict, label_weights: dict[str, float]):
 RUN_KEYS = ("model", "data", "guideline", "train", "seed")  # what a resumed run must share with the checkpoint's run
 # settings that say where and how a run goes, not what it learns: left out of every cache key
 RUN_IGNORE = {"train": ("output_dir", "resume", "max_steps", "disable_tqdm", "logging_steps", "save_steps",
-                        "save_total_limit", "num_threads", "export_onnx", "layers"),  # layers: saved, not learnt
+                        "save_total_limit", "num_threads", "export_onnx", "layers", "min_score"),  # saved, not learnt
               "data": ("output_dir", "loao_folds"),
               "guideline": ("spans",)}  # spans: what decoding may output, never learnt
 
@@ -206,6 +206,9 @@ def run_settings(cfg: Any, keys: tuple[str, ...] = RUN_KEYS) -> dict:
         for k in names:
             if isinstance(settings.get(group), dict):
                 settings[group].pop(k, None)
+    weights = (settings.get("train") or {}).get("label_weights")
+    if isinstance(weights, dict):  # a weight of 1 is no weight: {POLICY: 1.0} learns what {} does
+        settings["train"]["label_weights"] = {k: v for k, v in weights.items() if v != 1}
     return json.loads(json.dumps(settings))
 
 
