@@ -155,6 +155,10 @@ def test_cv_resumes_from_fold_cache_and_inference_ablations_do_not_retrain(tiny_
     base = [f"eval.output_dir={tmp_path}", "eval.k=2", "eval.baselines=[]", f"data.annotations={SEEDS_ANN}"]
     first, _ = evaluate(tiny_cfg(*base))
     assert sorted(first["documents"]) == SEED_IDS              # two folds by article cover every article once
+    tuning = first["min_score_tuning"]  # the output at each POLICY min_score, and nested over the folds
+    assert tuning["label"] == "POLICY" and list(tuning["pooled"]) == [str(float(t)) for t in (0, .5, .6, .7, .8, .9)]
+    assert len(tuning["nested"]["chosen"]) == 2 and set(tuning["nested"]["chosen"]) <= set(tuning["grid"])
+    assert tuning["pooled"]["0.8"]["micro"] == first["micro"]["model+lexicons"]["micro"]  # the default's row
     weights = sorted((tmp_path / "folds").glob("fold*/model.safetensors"))
     assert len(weights) == 2
     stamps = [w.stat().st_mtime_ns for w in weights]

@@ -128,6 +128,8 @@ class EvalConfig:
     baselines: List[str] = MISSING
     output_dir: str = MISSING
     subsets: Optional[Dict[str, str]] = MISSING
+    tune_min_score: Optional[str] = MISSING
+    min_score_grid: List[float] = MISSING
 
 
 @dataclass

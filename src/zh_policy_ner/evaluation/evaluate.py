@@ -3,10 +3,12 @@ split, the model next to the baselines, entity-level P/R/F1 per label (micro tot
 over folds), and per-article error reports."""
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,10 +124,57 @@ def fold_predictions(cfg: Any, docs: list, tokenizer, train_ids: list[str], test
     (:func:`fold_model_probs`), decoded with ``infer.decode`` and the run's guideline and laid under
     the fold's layers (:func:`fold_layers`), as prediction does: ``model_spans`` is the model row,
     ``norm_spans`` the output."""
-    labels, probs = fold_model_probs(cfg, docs, tokenizer, train_ids, test_ids, fold_dir)
-    test_docs = [prepared[i] for i in test_ids]
-    layers = fold_layers(cfg, [prepared[i] for i in train_ids], test_docs)
-    return decode_spans([d.norm for d in test_docs], [probs[i] for i in test_ids], labels, cfg.infer.decode, layers)
+    return FoldDecoder.of(cfg, docs, tokenizer, train_ids, test_ids, fold_dir, prepared)()
+
+
+@dataclass
+class FoldDecoder:
+    """What a fold's output is decoded from: its test articles, its model's cached probabilities
+    and labels, its layers; calling it decodes them (``min_score``: another one for the layers)."""
+
+    test_docs: list[PreparedDoc]
+    probs: list[TokenProbs]
+    labels: list[str]
+    decode: str
+    layers: SpanLayers
+
+    @classmethod
+    def of(cls, cfg: Any, docs: list, tokenizer, train_ids: list[str], test_ids: list[str], fold_dir: Path,
+           prepared: dict[str, PreparedDoc]) -> "FoldDecoder":
+        labels, probs = fold_model_probs(cfg, docs, tokenizer, train_ids, test_ids, fold_dir)
+        test_docs = [prepared[i] for i in test_ids]
+        return cls(test_docs, [probs[i] for i in test_ids], labels, cfg.infer.decode,
+                   fold_layers(cfg, [prepared[i] for i in train_ids], test_docs))
+
+    def __call__(self, min_score: dict[str, float] | None = None) -> list[DocPrediction]:
+        layers = self.layers
+        if min_score is not None:
+            layers = copy.copy(layers)
+            layers.min_score = min_score
+        return decode_spans([d.norm for d in self.test_docs], self.probs, self.labels, self.decode, layers)
+
+
+def tune_min_score(cfg: Any, decoders: list[FoldDecoder]) -> dict[str, Any] | None:
+    """The output scored at each ``eval.min_score_grid`` value of ``eval.tune_min_score``'s label,
+    pooled over the folds, and nested: each fold scored at the value that is best (micro F1) on the
+    other folds, so that choosing the value is part of what is measured."""
+    label = cfg.eval.get("tune_min_score")
+    if not label or len(decoders) < 2:
+        return None
+    grid = [float(x) for x in cfg.eval.min_score_grid]
+    base = decoders[0].layers.min_score
+    per_fold = {t: [[(d, p.norm_spans) for d, p in zip(f.test_docs, f({**base, label: t}))] for f in decoders]
+                for t in grid}
+    pooled = {t: _pooled([x for fold in folds for x in fold]) for t, folds in per_fold.items()}
+    chosen, nested = [], []
+    for k in range(len(decoders)):
+        others = {t: _pooled([x for j, fold in enumerate(folds) if j != k for x in fold])["micro"]["f1"]
+                  for t, folds in per_fold.items()}
+        best = max(grid, key=lambda t: others[t])
+        chosen.append(best)
+        nested += per_fold[best][k]
+    return {"label": label, "grid": grid, "pooled": {str(t): v for t, v in pooled.items()},
+            "nested": {"chosen": chosen, "micro": _pooled(nested)}}
 
 
 def _all_docs(cfg: Any) -> tuple[list, Any, dict[str, PreparedDoc]]:
@@ -161,10 +210,12 @@ def cross_validate(cfg: Any) -> dict[str, Any]:
     errors: dict[str, dict] = {MODEL: {}, GAZ: {}}  # per system: doc_id -> error cases
     t0 = time.time()
     folds = cv_folds(cfg, ids)
+    decoders: list[FoldDecoder] = []
     for k, (train_ids, test_ids) in enumerate(folds):
         log.info("fold %d/%d: held out %s", k + 1, len(folds), ", ".join(test_ids))
         fold_dir = out / "folds" / (test_ids[0] if len(test_ids) == 1 else f"fold{k + 1}-of-{len(folds)}")
-        fold = fold_predictions(cfg, docs, tokenizer, train_ids, test_ids, fold_dir, prepared)
+        decoders.append(FoldDecoder.of(cfg, docs, tokenizer, train_ids, test_ids, fold_dir, prepared))
+        fold = decoders[-1]()
         test_docs = [prepared[i] for i in test_ids]
         preds = {MODEL: [p.model_spans for p in fold], GAZ: [p.norm_spans for p in fold]}
         preds.update(_baseline_preds(cfg.eval.baselines, [prepared[i] for i in train_ids], test_docs))
@@ -178,7 +229,7 @@ def cross_validate(cfg: Any) -> dict[str, Any]:
     scheme = (f"leave-one-article-out over {len(folds)} article(s)" if cfg.eval.folds or not cfg.eval.k
               else f"{len(folds)}-fold cross-validation by article (seed {cfg.seed})")
     return _report(cfg, out, per_system, fold_scores, errors, mode=scheme, seconds=time.time() - t0,
-                   sources={d.doc_id: d.source for d in docs})
+                   sources={d.doc_id: d.source for d in docs}, tuning=tune_min_score(cfg, decoders))
 
 
 def learning_curve(cfg: Any) -> dict[str, Any]:
@@ -279,7 +330,7 @@ def evaluate_heldout(cfg: Any) -> dict[str, Any]:
 
 def _report(cfg, out: Path, per_system, fold_scores, errors, mode: str, seconds: float,
             sources: dict[str, str] | None = None, layer_names: list[str] | None = None,
-            min_score: dict[str, float] | None = None) -> dict[str, Any]:
+            min_score: dict[str, float] | None = None, tuning: dict[str, Any] | None = None) -> dict[str, Any]:
     labels = list(cfg.data.labels)
     micro = {name: _pooled(pairs) for name, pairs in per_system.items()}
     spread = {name: mean_sd(fs, labels) for name, fs in fold_scores.items()}
@@ -296,6 +347,8 @@ def _report(cfg, out: Path, per_system, fold_scores, errors, mode: str, seconds:
         if picked[MODEL]:
             subsets[name] = {"documents": len(picked[MODEL]), "micro": {n: _pooled(p) for n, p in picked.items()}}
     results["subsets"] = subsets
+    if tuning:
+        results["min_score_tuning"] = tuning
     # what the guideline's spans.whole_words rule assumes: the labelled spans that are whole words
     results["gold_whole_words"] = whole_word_share((d.norm.text, d.spans) for d, _ in per_system[MODEL])
     out.mkdir(parents=True, exist_ok=True)
@@ -310,6 +363,14 @@ def _report(cfg, out: Path, per_system, fold_scores, errors, mode: str, seconds:
     for name, sub in subsets.items():
         md += ["", f"Pooled over the {sub['documents']} `{name}` documents (source under "
                f"`{cfg.eval.subsets[name]}`) alone:", "", scores_table(sub["micro"], labels)]
+    if tuning:
+        lab, row = tuning["label"], lambda m: " | ".join(f"{m[c]['f1']:.2f}" if c in m else "–" for c in [*labels, "micro"])
+        md += ["", f"The output at each `min_score` of {lab} (model spans less probable yield to the layers), pooled; "
+               "last row nested: each fold at the value best on the other folds "
+               f"(chosen: {', '.join(f'{t:g}' for t in tuning['nested']['chosen'])}):", "",
+               f"| {lab} min_score | " + " | ".join([*labels, "micro"]) + " |", "|---|" + "---|" * (len(labels) + 1)]
+        md += [f"| {t} | {row(m)} |" for t, m in tuning["pooled"].items()]
+        md.append(f"| nested | {row(tuning['nested']['micro'])} |")
     md += ["", "Labelled spans that are whole words of jieba's segmentation (what the guideline's "
            "`spans.whole_words` rule assumes): " + ", ".join(f"{lab} {x['whole']}/{x['spans']} ({x['share']:.0%})"
                                                           for lab, x in results["gold_whole_words"].items()) + "."]
