@@ -284,7 +284,9 @@ def test_span_layers_saved_with_the_model_are_the_default_and_an_override_wins(m
     for name, extra in (("saved", ()), ("fill", ("infer.layers=[places,gazetteer:fill]",)), ("bare", ("infer.layers=[]",))):
         out = tmp_path / f"{name}.jsonl"
         run_predict(_cfg(model_dir, inputs, out, "infer.reports=false", *extra))
-        used[name] = json.loads(out.with_suffix(".manifest.json").read_text())["settings"]["layers"]
+        settings = json.loads(out.with_suffix(".manifest.json").read_text())["settings"]
+        used[name] = settings["layers"]
+        assert settings["min_score"] == {"PER": 0.0, "LOC": 0.0, "POLICY": 0.8}  # what the model saved
     assert used == {"saved": ["places:fill", "gazetteer:overwrite", "abbreviations:fill"],
                     "fill": ["places:fill", "gazetteer:fill"], "bare": []}
     bare = [json.loads(line) for line in (tmp_path / "bare.jsonl").read_text(encoding="utf-8").split("\n") if line]

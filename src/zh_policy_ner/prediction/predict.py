@@ -158,6 +158,7 @@ def run_manifest(cfg: Any, predictor: Predictor, how: Pieces) -> dict[str, Any]:
     settings = {k: v for k, v in predictor_settings(cfg).items() if k not in skip}
     rules = predictor.layers.guideline
     settings.update(segment_chars=how.size, context_chars=how.context, layers=predictor.layers.names,
+                    min_score=predictor.layers.min_score,
                     guideline=f"{rules.name} sha256:{hashlib.sha256(rules.key.encode()).hexdigest()[:16]}")
     return {"model_dir": str(cfg.infer.model_dir), "model_sha256": weights_hash(resolve_model_path(cfg.infer.model_dir)),
             "backend": f"{predictor.precision} on {predictor.device.type}", "settings": settings}
