@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+from zh_policy_ner.common.cli import UsageError
 from zh_policy_ner.rules.baselines import JiebaTagger, align_tokens
 from zh_policy_ner.rules.layers import LayerError, SpanLayers, parse_layers
 from zh_policy_ner.rules.lexicon import (DictionaryTagger, admin_places, admin_units, build_gazetteer, measure_phrases,
@@ -167,8 +168,16 @@ def test_cv_resumes_from_fold_cache_and_inference_ablations_do_not_retrain(tiny_
     assert ablation["micro"]["model"] == first["micro"]["model"]
     argmax, _ = evaluate(tiny_cfg(*base, "infer.decode=argmax"))
     loose, _ = evaluate(tiny_cfg(*base, "guideline.spans.whole_words=[]", "guideline.spans.never_adjacent=[]"))
+    assert [w.stat().st_mtime_ns for w in weights] == stamps and argmax["documents"] == loose["documents"]
+    # settings that could only fail at decoding are refused before a fold trains
+    for bad, message in (("infer.min_score=0.8", "infer.min_score must map labels"),
+                         ("infer.min_score={POLICY:2}", "infer.min_score.POLICY must be in"),
+                         ("infer.decode=beam", "infer.decode must be viterbi or argmax"),
+                         ("eval.tune_min_score=MEASURE", "not among data.labels"),
+                         ("eval.min_score_grid=[]", "eval.min_score_grid is empty")):
+        with pytest.raises(UsageError, match=message):
+            evaluate(tiny_cfg(*base, "train.lr=7e-3", bad))
     assert [w.stat().st_mtime_ns for w in weights] == stamps
-    assert argmax["micro"]["model"] != first["micro"]["model"] or loose["micro"]["model"] != first["micro"]["model"]
     weights[1].parent.joinpath("fold_probs.npz").unlink()   # as if interrupted in the second fold
     evaluate(tiny_cfg(*base))
     assert weights[0].stat().st_mtime_ns == stamps[0] and weights[1].stat().st_mtime_ns != stamps[1]

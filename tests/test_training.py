@@ -77,6 +77,21 @@ def test_gazetteer_keeps_training_mentions_that_are_mostly_labelled():
     assert set(doc_mentions([doc])) == {"严峻", "核酸检测", "全员核酸检测"}
     assert set(doc_mentions([doc], 0.5)) == {"核酸检测", "全员核酸检测"}  # 严峻: 1 of 3
     assert set(doc_mentions([doc], 0.3)) == {"严峻", "核酸检测", "全员核酸检测"}
+    # 华山: a name twice, a place twice; the majority label (PER, first seen) is right half the times
+    text = "华山出席。华山主持。前往华山。登上华山。"
+    spans = [(0, 2, "PER"), (5, 7, "PER"), (12, 14, "LOC"), (17, 19, "LOC")]
+    doc = PreparedDoc("h", normalize(text), spans)
+    assert doc_mentions([doc], 0.5) == {"华山": "PER"} and doc_mentions([doc], 0.6) == {}
+
+
+def test_decoding_rules_enter_cache_keys_only_where_something_learns_from_them():
+    from zh_policy_ner.training.trainer import run_settings
+
+    plain, whole = compose(), compose("guideline.spans.whole_words=[]")
+    assert run_settings(plain) == run_settings(whole)  # decoding only: cached probabilities are re-decoded
+    rounds = "train.self_training.rounds=1"  # pseudo-labels are decoded spans: then the rule is learnt
+    assert run_settings(compose(rounds)) != run_settings(compose(rounds, "guideline.spans.whole_words=[]"))
+    assert run_settings(compose("train.min_score.POLICY=0.5")) == run_settings(plain)
 
 
 def test_folder_loads_back_and_predicts_spans_with_raw_offsets(trained):

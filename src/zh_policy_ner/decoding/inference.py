@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,11 +213,12 @@ def decode_spans(norms: Sequence[Normalized], merged: Sequence[TokenProbs], labe
         scores = {x: round(float(conf[np.searchsorted(starts, x[0]) : np.searchsorted(starts, x[1])].mean()), 4)
                   for x in model_spans if np.searchsorted(starts, x[1]) > np.searchsorted(starts, x[0])}
         kept = layers.confident(model_spans, [scores.get(x, 0.0) for x in model_spans])
-        norm_spans = layers(norm.text, kept)
+        norm_spans, from_model = layers(norm.text, kept), set(kept)
         spans = []
         for s, e, lab in norm_spans:
             rs, re_ = norm.to_raw_span(s, e)
-            spans.append(Span(rs, re_, lab, norm.raw[rs:re_], scores.get((s, e, lab))))  # lexicon spans: no model score
+            score = scores.get((s, e, lab)) if (s, e, lab) in from_model else None  # lexicon spans: no model score
+            spans.append(Span(rs, re_, lab, norm.raw[rs:re_], score))
         results.append(DocPrediction(norm, spans, norm_spans, model_spans))
     return results
 
@@ -231,6 +232,11 @@ class _NoModel(torch.nn.Module):
         self.dummy = torch.nn.Parameter(torch.zeros(0), requires_grad=False)
 
 
+def _plain(value: Any) -> Any:
+    """A config mapping as a plain dict (picklable for Ray workers); anything else as it is."""
+    return dict(value) if isinstance(value, Mapping) else value
+
+
 def predictor_settings(cfg: Any) -> dict[str, Any]:
     """The keyword arguments of :meth:`Predictor.from_pretrained` that ``infer.*`` configures
     (:meth:`Predictor.from_config`; also what a Ray worker builds its predictor from)."""
@@ -238,7 +244,7 @@ def predictor_settings(cfg: Any) -> dict[str, Any]:
     layers = infer.get("layers")
     return dict(max_length=infer.max_length, stride=infer.stride, batch_size=infer.batch_size,
                 precision=infer.precision, decode=infer.decode, layers=None if layers is None else list(layers),
-                min_score=None if infer.get("min_score") is None else dict(infer.min_score),
+                min_score=_plain(infer.get("min_score")),  # checked and merged over the model's by resolve_min_score
                 backend=infer.get("backend", "torch"), num_threads=infer.num_threads,
                 guideline=guideline_from_config(cfg))
 

@@ -8,12 +8,14 @@ import json
 import logging
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..common.cli import UsageError
 from ..common.modeling import load_tokenizer, resolve_model_path
 from ..data.dataset import PreparedDoc, bio_label_names, grouped_folds, leave_one_out, load_docs, prepare_docs, split_docs
 from ..data.metrics import entity_scores, error_cases, mean_sd, scores_table, write_error_report
@@ -23,7 +25,7 @@ from ..model.modelcard import command_line
 from ..model.onnx_backend import weights_hash
 from ..rules.baselines import make_baseline
 from ..rules.guideline import check_guideline_labels, guideline_from_config, saved_guideline
-from ..rules.layers import SpanLayers, parse_layers
+from ..rules.layers import LayerError, SpanLayers, parse_layers, parse_min_score
 from ..rules.lexicon import build_gazetteer
 from ..rules.words import whole_word_share
 from ..training.train import train_on
@@ -55,10 +57,27 @@ def eval_layers(cfg: Any) -> list[str]:
 
 
 def eval_min_score(cfg: Any) -> dict[str, float]:
-    """The ``min_score`` scored with :func:`eval_layers`: ``infer.min_score`` when set, else ``train.min_score``."""
-    chosen = cfg.infer.get("min_score")
-    chosen = chosen if chosen is not None else cfg.train.get("min_score")
-    return {str(k): float(v) for k, v in (chosen or {}).items()}
+    """The ``min_score`` scored with :func:`eval_layers`: ``train.min_score`` (what a model trained
+    with this config saves), with ``infer.min_score`` winning label by label; checked."""
+    try:
+        return {**parse_min_score(cfg.train.get("min_score"), "train.min_score"),
+                **parse_min_score(cfg.infer.get("min_score"), "infer.min_score")}
+    except LayerError as err:
+        raise UsageError(str(err)) from None
+
+
+def check_eval_settings(cfg: Any) -> None:
+    """What decoding and scoring will need, checked before any fold trains (one-line usage errors)."""
+    eval_min_score(cfg)
+    if cfg.infer.decode not in ("viterbi", "argmax"):
+        raise UsageError(f"infer.decode must be viterbi or argmax, got {cfg.infer.decode!r}")
+    label = cfg.eval.get("tune_min_score")
+    if cfg.eval.mode == "cv" and label:
+        if label not in cfg.data.labels:
+            raise UsageError(f"eval.tune_min_score={label!r} is not among data.labels={list(cfg.data.labels)}")
+        if not cfg.eval.min_score_grid:
+            raise UsageError("eval.min_score_grid is empty: give the scores to try, or eval.tune_min_score=null")
+        parse_min_score({label: t for t in cfg.eval.min_score_grid}, "eval.min_score_grid")
 
 
 def cv_folds(cfg: Any, doc_ids: list[str]) -> list[tuple[list[str], list[str]]]:
@@ -99,11 +118,14 @@ def fold_model_probs(cfg: Any, docs: list, tokenizer, train_ids: list[str], test
                         "inputs": fold_inputs(cfg, docs, train_ids + test_ids)}, 64)
     cache = fold_dir / FOLD_CACHE
     if cache.exists():
-        with np.load(cache) as rec:
-            if str(rec["key"]) == key:
-                log.info("fold %s: reusing the model's probabilities from %s", fold_dir.name, cache)
-                return [str(x) for x in rec["labels"]], {d: tuple(rec[f"{d}/{part}"] for part in ("starts", "ends", "probs"))
-                                                         for d in test_ids}
+        try:
+            with np.load(cache) as rec:
+                if str(rec["key"]) == key:
+                    log.info("fold %s: reusing the model's probabilities from %s", fold_dir.name, cache)
+                    return [str(x) for x in rec["labels"]], {
+                        d: tuple(rec[f"{d}/{part}"] for part in ("starts", "ends", "probs")) for d in test_ids}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:  # damaged: the fold is trained again
+            log.warning("fold %s: %s is unreadable (%s): training the fold again", fold_dir.name, cache, err)
     shutil.rmtree(fold_dir, ignore_errors=True)  # every fold is trained afresh
     data = prepare_docs(docs, tokenizer, {"train": train_ids, "heldout": test_ids},
                         bio_label_names(cfg.data.labels), cfg.data.max_length, cfg.data.stride)
@@ -394,6 +416,7 @@ def evaluate(cfg: Any) -> tuple[dict[str, Any], Path]:
         check_guideline_labels(cfg, saved_guideline(cfg.eval.model_dir, guideline_from_config(cfg)))
     else:
         check_guideline_labels(cfg)
+    check_eval_settings(cfg)
     if cfg.eval.mode == "cv":
         return cross_validate(cfg), Path(cfg.eval.output_dir)
     if cfg.eval.mode == "heldout":

@@ -34,7 +34,7 @@ from ..model.onnx_backend import weights_hash
 from ..reading.corpus import DocError, iter_documents
 from ..reading.text import REPORT_ON_ERROR
 from ..rules.guideline import check_guideline_labels, guideline_from_config, saved_guideline
-from ..rules.layers import GAZETTEER_FILE, LayerError, check_layers, resolve_layers
+from ..rules.layers import GAZETTEER_FILE, LayerError, check_layers, resolve_layers, resolve_min_score
 from .batch import Piece, Pieces, PredictSummary, RunOutput, cut_pieces, pending, predict_pieces
 from .ray_engine import predict_ray
 from .reports import output_paths, write_reports
@@ -125,6 +125,10 @@ def check_predict_paths(cfg: Any) -> None:
             check_layers(resolve_layers(infer.get("layers"), folder), folder / GAZETTEER_FILE)
         except LayerError as err:
             raise UsageError(f"infer.layers: {err}") from None
+        try:
+            resolve_min_score(infer.get("min_score"), folder)
+        except LayerError as err:
+            raise UsageError(str(err)) from None
         try:  # the guideline the model runs (its own, saved with it) against data.labels
             check_guideline_labels(cfg, saved_guideline(folder, guideline_from_config(cfg)))
         except ValueError as err:

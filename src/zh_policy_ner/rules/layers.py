@@ -23,6 +23,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..data.dataset import NormSpan
 from ..labelling.annotations import QUOTE_MARKS, is_edge_junk
@@ -126,7 +127,7 @@ class SpanLayers:
                  places: DictionaryTagger | None = None, guideline: Guideline | None = None,
                  min_score: Mapping[str, float] | None = None):
         self.layers = tuple(layers)
-        self.min_score = {str(k): float(v) for k, v in (min_score or {}).items()}
+        self.min_score = parse_min_score(min_score)
         self.guideline = guideline if guideline is not None else Guideline({}, "no guideline")
         names = {layer.name for layer in self.layers}
         if "gazetteer" in names and gazetteer is None:
@@ -190,12 +191,12 @@ def saved_layers(model_dir: str | Path) -> list[str]:
 
 def saved_min_score(model_dir: str | Path) -> dict[str, float]:
     """The ``min_score`` saved with a trained model's layers (none for a folder saved before)."""
-    return dict(_saved(model_dir).get("min_score", {}))
+    return parse_min_score(_saved(model_dir).get("min_score"), str(Path(model_dir) / LAYERS_FILE))
 
 
 def save_layers(model_dir: str | Path, items: Iterable[str], min_score: Mapping[str, float] | None = None) -> None:
     names = [str(layer) for layer in parse_layers(items)]
-    record = {"layers": names, "min_score": {str(k): float(v) for k, v in (min_score or {}).items()}}
+    record = {"layers": names, "min_score": parse_min_score(min_score)}
     (Path(model_dir) / LAYERS_FILE).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -204,6 +205,24 @@ def resolve_layers(override: Iterable[str] | None, model_dir: str | Path) -> lis
     return [str(x) for x in override] if override is not None else saved_layers(model_dir)
 
 
+def parse_min_score(value: Any, source: str = "min_score") -> dict[str, float]:
+    """``{label: score}`` with scores in [0, 1] (``None``: none); anything else raises
+    :class:`LayerError` naming ``source`` and what is wrong."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise LayerError(f"{source} must map labels to scores, e.g. {{POLICY: 0.8}}, got {value!r}")
+    out = {}
+    for label, score in value.items():
+        try:
+            out[str(label)] = float(score)
+        except (TypeError, ValueError):
+            raise LayerError(f"{source}.{label} must be a number in [0, 1], got {score!r}") from None
+        if not 0.0 <= out[str(label)] <= 1.0:
+            raise LayerError(f"{source}.{label} must be in [0, 1], got {score!r}")
+    return out
+
+
 def resolve_min_score(override: Mapping[str, float] | None, model_dir: str | Path) -> dict[str, float]:
-    """What a run uses: ``override`` (``infer.min_score``) when set, else what the model saved."""
-    return {str(k): float(v) for k, v in override.items()} if override is not None else saved_min_score(model_dir)
+    """What a run uses: what the model saved, with ``override`` (``infer.min_score``) winning label by label."""
+    return {**saved_min_score(model_dir), **parse_min_score(override, "infer.min_score")}

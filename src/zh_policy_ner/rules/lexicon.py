@@ -143,7 +143,7 @@ def doc_mentions(docs, min_precision: float = 0.0) -> dict[str, str]:
     ``min_precision``, only those labelled at least that share of the times they occur in the
     documents outside other labelled spans: 严峻, once a name, many times "severe", is left out, as is
     a measure word the annotators label only in some places (the occurrences inside a longer span,
-    核酸检测 of 全员核酸检测, count neither way)."""
+    核酸检测 of 全员核酸检测, count neither way; one labelled otherwise counts against it)."""
     from collections import Counter
 
     votes: dict[str, Counter] = {}
@@ -155,7 +155,7 @@ def doc_mentions(docs, min_precision: float = 0.0) -> dict[str, str]:
         return mentions
     labelled, seen = Counter(), Counter()
     for d in docs:
-        text, gold = d.norm.text, {(s, e) for s, e, _ in d.spans}
+        text, gold = d.norm.text, {(s, e): lab for s, e, lab in d.spans}
         owner = [-1] * len(text)  # the labelled span each character is in
         for k, (s, e, _) in enumerate(d.spans):
             owner[s:e] = [k] * (e - s)
@@ -163,10 +163,11 @@ def doc_mentions(docs, min_precision: float = 0.0) -> dict[str, str]:
             i = text.find(m)
             while i >= 0:
                 j = i + len(m)
-                if (i, j) in gold:
+                label = gold.get((i, j))
+                if label == mentions[m]:  # labelled, and with the label the gazetteer gives it
                     labelled[m] += 1
                     seen[m] += 1
-                elif owner[i] < 0 or owner[i] != owner[j - 1]:
+                elif label is not None or owner[i] < 0 or owner[i] != owner[j - 1]:  # not inside a longer span
                     seen[m] += 1
                 i = text.find(m, i + 1)
     return {m: lab for m, lab in mentions.items() if labelled[m] >= min_precision * seen[m]}

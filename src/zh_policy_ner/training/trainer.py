@@ -191,7 +191,7 @@ RUN_KEYS = ("model", "data", "guideline", "train", "seed")  # what a resumed run
 RUN_IGNORE = {"train": ("output_dir", "resume", "max_steps", "disable_tqdm", "logging_steps", "save_steps",
                         "save_total_limit", "num_threads", "export_onnx", "layers", "min_score"),  # saved, not learnt
               "data": ("output_dir", "loao_folds"),
-              "guideline": ("spans",)}  # spans: what decoding may output, never learnt
+              "guideline": ("spans",)}  # spans: what decoding may output, learnt only from self-training's pseudo-labels
 
 
 def run_settings(cfg: Any, keys: tuple[str, ...] = RUN_KEYS) -> dict:
@@ -202,8 +202,11 @@ def run_settings(cfg: Any, keys: tuple[str, ...] = RUN_KEYS) -> dict:
 
     settings = {k: OmegaConf.to_container(cfg.get(k), resolve=True) if OmegaConf.is_config(cfg.get(k)) else cfg.get(k)
                 for k in keys}
+    self_training = ((settings.get("train") or {}).get("self_training") or {}).get("rounds", 0) > 0
     for group, names in RUN_IGNORE.items():
         for k in names:
+            if group == "guideline" and self_training:  # pseudo-labels are decoded spans: then it is learnt
+                continue
             if isinstance(settings.get(group), dict):
                 settings[group].pop(k, None)
     weights = (settings.get("train") or {}).get("label_weights")
