@@ -181,6 +181,16 @@ class DocPrediction:
     model_spans: list[tuple[int, int, str]] = field(default_factory=list)  # the tidied model's, before the layers
 
 
+DECODE_MODES = ("viterbi", "argmax")
+
+
+def check_decode(decode: str) -> str:
+    """``decode`` if it is one of :data:`DECODE_MODES`, else a ``ValueError`` saying which are."""
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be {' or '.join(DECODE_MODES)}, got {decode!r}")
+    return decode
+
+
 TokenProbs = tuple[np.ndarray, np.ndarray, np.ndarray]  # token start characters, end characters, probabilities
 
 
@@ -194,16 +204,14 @@ def decode_spans(norms: Sequence[Normalized], merged: Sequence[TokenProbs], labe
     layers = layers if layers is not None else SpanLayers()
     labels = list(labels)
     means = [m for _, _, m in merged]
-    if decode == "viterbi":
+    if check_decode(decode) == "viterbi":
         constraints = SpanConstraints.of(layers.guideline)
         word_starts = None
         if constraints.whole_words:  # a token starts a word where its first character does
             word_starts = [word_boundaries(n.text)[starts] for n, (starts, _, _) in zip(norms, merged)]
         paths = decode_bio(means, labels, constraints, word_starts)
-    elif decode == "argmax":
-        paths = [m.argmax(1) for m in means]
     else:
-        raise ValueError(f"decode must be viterbi or argmax, got {decode!r}")
+        paths = [m.argmax(1) for m in means]
     results = []
     for norm, (starts, ends, mean), ids in zip(norms, merged, paths):
         offsets = list(zip(starts.tolist(), ends.tolist()))
@@ -283,9 +291,7 @@ class Predictor:
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         elif precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32, bf16 or int8, got {precision!r}")
-        if decode not in ("viterbi", "argmax"):
-            raise ValueError(f"decode must be viterbi or argmax, got {decode!r}")
-        self.decode = decode
+        self.decode = check_decode(decode)
         self.layers = layers if layers is not None else SpanLayers()
         self.precision = precision if runner is None else runner.name
         if precision == "bf16" and next(model.parameters()).dtype != torch.bfloat16:

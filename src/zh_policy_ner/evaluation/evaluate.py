@@ -19,7 +19,7 @@ from ..common.cli import UsageError
 from ..common.modeling import load_tokenizer, resolve_model_path
 from ..data.dataset import PreparedDoc, bio_label_names, grouped_folds, leave_one_out, load_docs, prepare_docs, split_docs
 from ..data.metrics import entity_scores, error_cases, mean_sd, scores_table, write_error_report
-from ..decoding.inference import DocPrediction, Predictor, TokenProbs, decode_spans
+from ..decoding.inference import DocPrediction, Predictor, TokenProbs, check_decode, decode_spans
 from ..labelling.annotations import sha256_bytes
 from ..model.modelcard import command_line
 from ..model.onnx_backend import weights_hash
@@ -69,8 +69,10 @@ def eval_min_score(cfg: Any) -> dict[str, float]:
 def check_eval_settings(cfg: Any) -> None:
     """What decoding and scoring will need, checked before any fold trains (one-line usage errors)."""
     eval_min_score(cfg)
-    if cfg.infer.decode not in ("viterbi", "argmax"):
-        raise UsageError(f"infer.decode must be viterbi or argmax, got {cfg.infer.decode!r}")
+    try:
+        check_decode(cfg.infer.decode)
+    except ValueError as err:
+        raise UsageError(f"infer.{err}") from None
     label = cfg.eval.get("tune_min_score")
     if cfg.eval.mode == "cv" and label:
         if label not in cfg.data.labels:
@@ -140,19 +142,12 @@ def fold_model_probs(cfg: Any, docs: list, tokenizer, train_ids: list[str], test
     return list(predictor.labels), merged
 
 
-def fold_predictions(cfg: Any, docs: list, tokenizer, train_ids: list[str], test_ids: list[str],
-                     fold_dir: Path, prepared: dict[str, PreparedDoc]) -> list[DocPrediction]:
-    """A fold's predictions on its test articles, from its model's cached probabilities
-    (:func:`fold_model_probs`), decoded with ``infer.decode`` and the run's guideline and laid under
-    the fold's layers (:func:`fold_layers`), as prediction does: ``model_spans`` is the model row,
-    ``norm_spans`` the output."""
-    return FoldDecoder.of(cfg, docs, tokenizer, train_ids, test_ids, fold_dir, prepared)()
-
-
 @dataclass
 class FoldDecoder:
     """What a fold's output is decoded from: its test articles, its model's cached probabilities
-    and labels, its layers; calling it decodes them (``min_score``: another one for the layers)."""
+    (:func:`fold_model_probs`) and labels, its layers (:func:`fold_layers`); calling it decodes them
+    as prediction does (``min_score``: another one for the layers): ``model_spans`` is the model
+    row, ``norm_spans`` the output."""
 
     test_docs: list[PreparedDoc]
     probs: list[TokenProbs]
@@ -237,8 +232,7 @@ def cross_validate(cfg: Any) -> dict[str, Any]:
         log.info("fold %d/%d: held out %s", k + 1, len(folds), ", ".join(test_ids))
         fold_dir = out / "folds" / (test_ids[0] if len(test_ids) == 1 else f"fold{k + 1}-of-{len(folds)}")
         decoders.append(FoldDecoder.of(cfg, docs, tokenizer, train_ids, test_ids, fold_dir, prepared))
-        fold = decoders[-1]()
-        test_docs = [prepared[i] for i in test_ids]
+        fold, test_docs = decoders[-1](), decoders[-1].test_docs
         preds = {MODEL: [p.model_spans for p in fold], GAZ: [p.norm_spans for p in fold]}
         preds.update(_baseline_preds(cfg.eval.baselines, [prepared[i] for i in train_ids], test_docs))
         for name, p in preds.items():
@@ -277,7 +271,7 @@ def learning_curve(cfg: Any) -> dict[str, Any]:
             used.append(len(subset))
             log.info("curve: %d training articles, fold %d/%d", len(subset), k + 1, len(folds))
             fold_dir = out / "curve" / f"n{size}" / f"fold{k + 1}"
-            for i, p in zip(test_ids, fold_predictions(cfg, docs, tokenizer, subset, test_ids, fold_dir, prepared)):
+            for i, p in zip(test_ids, FoldDecoder.of(cfg, docs, tokenizer, subset, test_ids, fold_dir, prepared)()):
                 pairs[MODEL].append((prepared[i], p.model_spans))
                 pairs[GAZ].append((prepared[i], p.norm_spans))
         rows.append({"train_docs": round(sum(used) / len(used), 1), "size": size,
